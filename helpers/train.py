@@ -1,0 +1,132 @@
+"""Step 5: train, measure, plot the loss, save the adapter, compare before and after."""
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from helpers import rundir
+
+
+class Session:
+    """Steps 1-4 rebuilt from the run folder: model with LoRA, tokenizer, prepared rows, SFTTrainer."""
+
+    def __init__(self, params: dict):
+        from helpers import data, lora, model, trainer
+
+        self.params = params
+        self.model, self.tokenizer, self.info = model.load(params)
+        self.model, _ = lora.add_lora(self.model, params, self.info.backend)
+        self.train, self.held_out = data.load_split(Path(params["run_dir"]))
+        self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
+        self.trainer = trainer.build(self.model, self.tokenizer, self.train, self.held_out, self.config)
+
+    def answer(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        from helpers.generate import answer
+
+        return answer(self.model, self.tokenizer, prompts, max_new_tokens, self.info.backend)
+
+    def summary(self):
+        import pandas as pd
+
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        rows = [("backend", self.info.backend), ("model", self.info.model_name), ("device", self.info.device),
+                ("trainable parameters", f"{trainable:,}"), ("training rows", len(self.train)),
+                ("held-out rows", len(self.held_out)), ("optimizer steps", self.config["max_steps"])]
+        return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def setup(params: dict) -> Session:
+    return Session(params)
+
+
+def eval_loss(trainer) -> float | None:
+    """Mean token loss on the held-out rows (None when nothing was held out)."""
+    if trainer.eval_dataset is None:
+        return None
+    return float(trainer.evaluate()["eval_loss"])
+
+
+def peak_memory() -> dict:
+    """Peak memory: reserved GPU memory on CUDA (what `nvidia-smi` sees), else the process's peak RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        peak = torch.cuda.max_memory_reserved()
+        return {"peak_memory_gib": peak / 2**30, "peak_memory_kind": "cuda_max_memory_reserved",
+                "gpu_name": torch.cuda.get_device_name(0), "gpu_memory_gib": total / 2**30,
+                "peak_memory_share": peak / total}
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
+    return {"peak_memory_gib": rss_kib / 2**20, "peak_memory_kind": "process_peak_rss"}
+
+
+def run(trainer) -> dict:
+    """`trainer.train()` with the figures people quote: time, tokens/s, peak memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    # TRL counts the non-padding tokens it trained on; "num_tokens" is the running total.
+    tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+    return {"train_loss": float(result.training_loss), "train_runtime_s": seconds,
+            "train_steps": int(result.global_step), "train_tokens": int(tokens),
+            "tokens_per_s": tokens / seconds if seconds > 0 else math.nan, **peak_memory()}
+
+
+def stats_table(stats: dict):
+    import pandas as pd
+
+    rows = [("training time", f"{stats['train_runtime_s']:.1f} s"), ("optimizer steps", stats["train_steps"]),
+            ("tokens trained on", stats["train_tokens"]), ("tokens / s", f"{stats['tokens_per_s']:.1f}")]
+    if stats["peak_memory_kind"] == "cuda_max_memory_reserved":
+        rows += [("GPU", stats["gpu_name"]),
+                 ("peak reserved GPU memory", f"{stats['peak_memory_gib']:.2f} GiB"),
+                 ("share of the card", f"{100 * stats['peak_memory_share']:.1f}% of {stats['gpu_memory_gib']:.1f} GiB")]
+    else:
+        rows += [("peak process memory (RSS)", f"{stats['peak_memory_gib']:.2f} GiB")]
+    return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def loss_history(log_history) -> tuple[list[int], list[float]]:
+    points = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def plot_loss(log_history, before: float | None, after: float | None, path=None):
+    from helpers import plots
+
+    steps, losses = loss_history(log_history)
+    fig, ax = plots.new_figure()
+    ax.plot(steps, losses, color="#2563eb", label="training loss")
+    if before is not None:
+        ax.axhline(before, color="#9ca3af", linestyle="--", label=f"held-out loss before: {before:.2f}")
+    if after is not None:
+        ax.axhline(after, color="#16a34a", linestyle="--", label=f"held-out loss after: {after:.2f}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.legend()
+    return plots.finish(fig, path)
+
+
+def save_adapter(model, tokenizer, run_dir: Path) -> Path:
+    """adapter_model.safetensors + adapter_config.json + tokenizer files in run_dir/adapter, atomically."""
+    final = Path(run_dir) / "adapter"
+    tmp = Path(run_dir) / ".adapter.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    rundir.replace_dir(tmp, final)
+    return final
+
+
+def before_after_table(pairs: list[tuple[str, str]], before: list[str], after: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame({"prompt": [p.split("<human>:")[-1].split("\n")[0].strip() for p, _ in pairs],
+                         "reference": [r for _, r in pairs], "before": before, "after": after})

@@ -1,0 +1,108 @@
+"""Step 4: the SFTTrainer configuration: the post's arguments, adapted to the machine where needed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# What the post passes to TrainingArguments, and which workbook parameter carries it.
+SEED_ARGUMENTS = ["per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "max_steps",
+                  "learning_rate", "weight_decay", "optim", "lr_scheduler_type", "seed", "logging_steps"]
+
+
+def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
+    """Keyword arguments for `trl.SFTConfig`, and the differences from what was asked (with reasons).
+
+    Returned as a plain dict so that notebook 04 can show and save it without building a trainer.
+    """
+    import importlib.util
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    differences = []
+    kwargs = {name: params[name] for name in SEED_ARGUMENTS}
+    kwargs.update(
+        output_dir=str(Path(run_dir) / "checkpoints"),
+        per_device_eval_batch_size=params["per_device_eval_batch_size"],
+        dataset_text_field="text",  # the prepared split (03) always stores the text under "text"
+        max_length=params["max_seq_length"],
+        packing=False,
+        # The post enables checkpointing through get_peft_model (step 02), not in the trainer;
+        # TRL's own default (on) would add a second, slower layer of recomputation.
+        gradient_checkpointing=False,
+        save_strategy="no",
+        eval_strategy="no",  # 05 evaluates explicitly, before and after training
+        report_to="none",
+        disable_tqdm=False,
+    )
+    if gpu:
+        bf16 = torch.cuda.is_bf16_supported()
+        kwargs.update(bf16=bf16, fp16=not bf16)  # the post: fp16 = not is_bfloat16_supported()
+        if params["optim"].endswith("8bit") and importlib.util.find_spec("bitsandbytes") is None:
+            kwargs["optim"] = "adamw_torch"
+            differences.append(("optim", params["optim"], "adamw_torch", "bitsandbytes is not installed"))
+    else:
+        kwargs.update(bf16=False, fp16=False, use_cpu=True, loss_type="nll")
+        differences.append(("precision", "bf16 (or fp16)", "fp32",
+                            "this CPU has no fast bf16/fp16 matrix units: mixed precision would run many times slower"))
+        differences.append(("loss_type", "chunked_nll (TRL default)", "nll",
+                            "chunking saves GPU memory; on CPU the plain loss is about 10% faster"))
+        if params["optim"].endswith("8bit"):
+            kwargs["optim"] = "adamw_torch"
+            differences.append(("optim", params["optim"], "adamw_torch",
+                                "8-bit optimizers (bitsandbytes) need an NVIDIA GPU"))
+    return kwargs, differences
+
+
+def config_table(kwargs: dict, params: dict):
+    import pandas as pd
+
+    rows = [(k, kwargs[k]) for k in SEED_ARGUMENTS]
+    rows += [("precision", "bf16" if kwargs.get("bf16") else "fp16" if kwargs.get("fp16") else "fp32"),
+             ("max_length (max_seq_length)", kwargs["max_length"]),
+             ("effective batch size", effective_batch_size(kwargs)),
+             ("samples seen in training", effective_batch_size(kwargs) * kwargs["max_steps"])]
+    return pd.DataFrame(rows, columns=["argument", "value"]).set_index("argument")
+
+
+def effective_batch_size(kwargs: dict, world_size: int = 1) -> int:
+    """Samples behind each optimizer step: batch per device x accumulation steps x devices."""
+    return kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"] * world_size
+
+
+def lr_schedule(kwargs: dict) -> list[float]:
+    """The learning rate at every optimizer step, computed with the same scheduler the trainer uses."""
+    import torch
+    from transformers import get_scheduler
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=kwargs["learning_rate"])
+    scheduler = get_scheduler(kwargs["lr_scheduler_type"], optimizer, num_warmup_steps=kwargs["warmup_steps"],
+                              num_training_steps=kwargs["max_steps"])
+    rates = []
+    for _ in range(kwargs["max_steps"]):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
+    from helpers import plots
+
+    fig, ax = plots.new_figure()
+    ax.plot(range(1, len(rates) + 1), rates, color="#2563eb")
+    ax.axvline(kwargs["warmup_steps"], color="#9ca3af", linestyle=":", label=f"end of warm-up ({kwargs['warmup_steps']} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{kwargs['lr_scheduler_type']} schedule, peak {kwargs['learning_rate']:g}")
+    ax.legend()
+    return plots.finish(fig, path)
+
+
+def build(model, tokenizer, train, held_out, kwargs: dict, callbacks=()):
+    """An `SFTTrainer` over the prepared split; TRL tokenizes the `text` column and appends EOS."""
+    from trl import SFTConfig, SFTTrainer
+
+    return SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=train,
+                      eval_dataset=held_out if len(held_out) else None, processing_class=tokenizer,
+                      callbacks=list(callbacks))

@@ -1,0 +1,126 @@
+"""Run the numbered notebooks headless with papermill, in order, into one run folder.
+
+    python -m helpers.run CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]... [--only NN]...
+
+Each executed notebook, the adapter, metrics.json and the plots land in the run folder
+(default: runs/<config name>-<UTC time>). A failing cell stops the run and names the notebook and cell.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from helpers import params as P
+from helpers import rundir
+
+NOTEBOOK_DIR = rundir.REPO_ROOT / "notebooks"
+
+
+def notebooks() -> list[Path]:
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parse_value(text: str):
+    """`-p NAME VALUE`: VALUE is read as YAML, so 3, 1e-4, true, null and [a, b] keep their types."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def default_run_dir(config: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return rundir.REPO_ROOT / "runs" / f"{config.stem}-{stamp}"
+
+
+def select(only: list[str]) -> list[Path]:
+    found = notebooks()
+    if not only:
+        return found
+    chosen = [nb for nb in found if nb.name[:2] in {o.zfill(2) for o in only}]
+    unknown = sorted({o.zfill(2) for o in only} - {nb.name[:2] for nb in chosen})
+    if unknown:
+        raise P.ParameterError(f"--only {', '.join(unknown)}: no such notebook; there are "
+                               f"{', '.join(nb.name[:2] for nb in found)}.")
+    return chosen
+
+
+def failed_cell(notebook_path: Path) -> str:
+    """'cell N' (1-based among code cells) of the first cell whose output is an error."""
+    import nbformat
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code, start=1):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            return f"code cell {i} ({cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ''})"
+    return "an unknown cell"
+
+
+def execute(run_dir: Path, values: dict, chosen: list[Path], log=print) -> None:
+    import logging
+
+    import papermill as pm
+
+    # papermill warns for every config value a notebook's parameters cell does not name; by design
+    # each notebook names only its own step's parameters and reads the rest (see params.settle).
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+
+    for i, nb in enumerate(chosen, start=1):
+        out = run_dir / nb.name
+        log(f"[{i}/{len(chosen)}] {nb.stem} ...", end=" ", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
+                                progress_bar=False, kernel_name="python3", log_output=False,
+                                extra_arguments=["--log-level=ERROR"])  # quiet kernel start-up warnings
+        except pm.PapermillExecutionError as e:
+            log("FAILED")
+            raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}\n"
+                            f"The executed notebook with the traceback: {out}") from None
+        log(f"ok ({time.perf_counter() - start:.0f} s)")
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", type=Path, help="YAML file of parameter names and values")
+    ap.add_argument("--run-dir", type=Path, help="run folder (default runs/<config>-<UTC time>)")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override one parameter (repeatable)")
+    ap.add_argument("--only", action="append", default=[], metavar="NN", help="run only notebook NN (repeatable)")
+    args = ap.parse_args(argv)
+    try:
+        values = P.load_config(args.config)
+        overrides = {name: parse_value(value) for name, value in args.parameter}
+        P.check(overrides)
+        values.update(overrides)
+        chosen = select(args.only)
+        run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
+        values["run_dir"] = str(run_dir)
+        print(f"run folder: {run_dir}", flush=True)
+        execute(run_dir, values, chosen, log=print)
+    except (P.ParameterError, RunFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, P.ParameterError) else 1
+    metrics = rundir.read_json(run_dir / "metrics.json", default={})
+    summary = {k: metrics[k] for k in ("backend", "train_loss", "eval_loss_before", "eval_loss_after",
+                                       "train_runtime_s", "tokens_per_s") if k in metrics}
+    if summary:
+        print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in summary.items()))
+    print(f"done: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

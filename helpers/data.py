@@ -156,7 +156,7 @@ def plot_lengths(lengths: list[int], max_seq_length: int, path=None):
                     ha="right", color="#dc2626")
     ax.set_xlabel("tokens per row")
     ax.set_ylabel("rows")
-    ax.legend(loc="upper left")
+    ax.legend(loc="center right")
     return plots.finish(fig, path)
 
 

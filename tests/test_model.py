@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from helpers import model as models
+from helpers.params import DEFAULTS, ParameterError
+
+
+def test_bundled_model_converts_to_plain_safetensors(bundled_dir):
+    config = json.loads((bundled_dir / "config.json").read_text())
+    assert "quantization_config" not in config  # a GGUF leftover would block training
+    assert (bundled_dir / "model.safetensors").exists()
+    tok = json.loads((bundled_dir / "tokenizer_config.json").read_text())
+    assert tok["eos_token"] == "<|im_end|>"  # the GGUF says <|im_start|>; the chat model ends turns here
+    assert tok["pad_token"] == "<|endoftext|>" and config["pad_token_id"] == 0  # not eos: unsloth refuses that
+
+
+def test_bundled_model_answers_a_chat_question(bundled_dir):
+    """The dequantized weights are the real model: it knows the capital of France."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_dir)
+    model = AutoModelForCausalLM.from_pretrained(bundled_dir)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_unknown_bundled_name():
+    with pytest.raises(ParameterError, match="no bundled model of that name"):
+        models.resolve_source("bundled:GPT-5")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ParameterError, match="folder without config.json"):
+        models.resolve_source(str(tmp_path))
+
+
+def test_hub_id_offline_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ParameterError, match="unsloth/Meta-Llama-3.1-8B-bnb-4bit' is not a local folder and "
+                                             "the model hub is not reachable"):
+        models.resolve_source("unsloth/Meta-Llama-3.1-8B-bnb-4bit")
+
+
+def test_cpu_choices():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    assert models.choose_backend("auto") == "hf"
+    with pytest.raises(ParameterError, match="'backend' = 'unsloth' needs an NVIDIA GPU"):
+        models.choose_backend("unsloth")
+    assert models.choose_dtype(None) == torch.float32
+    assert models.choose_attention("auto") == "sdpa"
+
+
+def test_load_on_cpu_reports_what_differs_and_records_backend(tiny_model_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    params = {**DEFAULTS, "model_name": str(tiny_model_dir), "run_dir": str(tmp_path)}
+    model, tokenizer, info = models.load(params)
+    assert info.backend == "hf" and info.load_in_4bit is False and info.dtype == "float32"
+    assert [d[0] for d in info.differences] == ["load_in_4bit"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["backend"] == "hf" and metrics["model_name"] == str(tiny_model_dir)
+    assert models.summary(model, info).loc["backend", "value"] == "hf"
+
+
+def test_show_tokens_round_trips(bundled_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_dir)
+    table = models.show_tokens(tok, "<human>: hi")
+    assert tok.decode(list(table.loc["id"])) == "<human>: hi"

@@ -1,0 +1,98 @@
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import params
+from helpers.params import DEFAULTS, ParameterError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_settle_merges_defaults_saved_and_own(tmp_path):
+    run = tmp_path / "run"
+    first = params.settle(run, {"model_name": "some/model", "__name__": "x"})
+    assert first["model_name"] == "some/model"
+    assert first["lora_r"] == DEFAULTS["lora_r"]
+    second = params.settle(run, {"lora_r": 8})
+    assert second["model_name"] == "some/model"  # picked up from the run folder
+    assert second["lora_r"] == 8
+    # papermill injects a whole config into every notebook: injected values beat saved ones
+    third = params.settle(run, {"num_eval_prompts": 1, "model_name": "other/model"})
+    assert third["model_name"] == "other/model" and third["lora_r"] == 8
+    saved = json.loads((run / "params.json").read_text())
+    assert saved["lora_r"] == 8 and saved["run_dir"] == str(run)
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(ParameterError, match="Unknown parameter 'lora_rank'.*Did you mean 'lora_r'"):
+        params.check({"lora_rank": 8})
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("lora_r", "16", "has type str; expected int"),
+    ("lora_r", 0, "below its minimum 1"),
+    ("learning_rate", -1.0, "below its minimum"),
+    ("eval_fraction", 0.9, "above its maximum 0.5"),
+    ("per_device_train_batch_size", 1.5, "expected int"),
+    ("load_in_4bit", 1, "expected bool"),
+    ("backend", "cuda", "expected one of 'auto', 'unsloth', 'hf'"),
+    ("use_gradient_checkpointing", 1, "not allowed"),
+    ("target_modules", [], "non-empty list"),
+    ("max_rows", 0, "expected None or a whole number"),
+])
+def test_bad_values_name_parameter_value_and_rule(name, value, message):
+    with pytest.raises(ParameterError, match=re.escape(f"'{name}' = {value!r}")) as e:
+        params.check({name: value})
+    assert message in str(e.value)
+
+
+def test_int_accepted_for_float_parameter():
+    params.check({"learning_rate": 1, "use_gradient_checkpointing": True, "dtype": None})
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    with pytest.raises(ParameterError, match="does not exist"):
+        params.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ParameterError, match=f"{bad}.*must be a mapping"):
+        params.load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ParameterError, match=f"{typo}.*Did you mean 'learning_rate'"):
+        params.load_config(typo)
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(config):
+    assert params.load_config(config)
+
+
+def _parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    values = {}
+    for node in ast.parse(cells[0].source).body:
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+@pytest.mark.parametrize("step, name", sorted(params.STEPS.items()))
+def test_notebook_parameters_match_the_table(step, name):
+    """Each notebook's parameters cell holds exactly its step's parameters with the table's defaults."""
+    values = _parameters_cell(REPO / "notebooks" / f"{name}.ipynb")
+    assert values == {n: DEFAULTS[n] for n in params.owned_by(step) + ["run_dir"]}
+
+
+def test_default_config_matches_notebook_defaults():
+    config = params.load_config(REPO / "configs" / "default.yaml")
+    assert {k: DEFAULTS[k] for k in config} == config
+
+
+def test_readme_parameter_table_is_current():
+    assert params.markdown_table() in (REPO / "README.md").read_text()

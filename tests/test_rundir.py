@@ -1,0 +1,52 @@
+import json
+import math
+
+from helpers import rundir
+
+
+def test_relative_run_dir_counts_from_repo_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKBOOK_RUN_DIR", raising=False)
+    path = rundir.resolve("runs/test-resolve")
+    try:
+        assert path == rundir.REPO_ROOT / "runs" / "test-resolve" and path.is_dir()
+    finally:
+        path.rmdir()
+
+
+def test_env_replaces_only_the_notebook_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBOOK_RUN_DIR", str(tmp_path / "env"))
+    assert rundir.resolve("runs/lab") == tmp_path / "env"
+    assert rundir.resolve(tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_write_json_is_atomic_and_keeps_non_finite_visible(tmp_path):
+    path = tmp_path / "m.json"
+    rundir.write_json(path, {"a": 1.5, "b": math.nan, "c": [math.inf]})
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": None, "c": [None]}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left
+
+
+def test_update_metrics_merges(tmp_path):
+    rundir.update_metrics(tmp_path, backend="hf")
+    assert rundir.update_metrics(tmp_path, train_loss=1.0) == {"backend": "hf", "train_loss": 1.0}
+
+
+def test_replace_dir_swaps_in_a_complete_folder(tmp_path):
+    final, tmp = tmp_path / "adapter", tmp_path / ".adapter.partial"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    rundir.replace_dir(tmp, final)
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_find_file_tries_cwd_then_repo_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert rundir.find_file("data/pip_chip2.jsonl") == rundir.REPO_ROOT / "data" / "pip_chip2.jsonl"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pip_chip2.jsonl").write_text("{}\n")
+    assert rundir.find_file("data/pip_chip2.jsonl") == tmp_path / "data" / "pip_chip2.jsonl"
+    assert rundir.find_file("nope.jsonl") is None

@@ -1,0 +1,121 @@
+"""The whole chain through the runner, on the smoke config, and its failure modes."""
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+METRIC_KEYS = ["backend", "model_name", "num_train_rows", "num_eval_rows", "train_loss", "eval_loss_before",
+               "eval_loss_after", "train_runtime_s", "tokens_per_s", "peak_memory_gib"]
+
+
+def runner(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "helpers.run", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    result = runner("configs/smoke.yaml", "--run-dir", run_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir, result
+
+
+@pytest.mark.slow
+def test_smoke_run_leaves_every_artifact(smoke_run):
+    run_dir, result = smoke_run
+    for name in ("01_load_model", "02_lora", "03_dataset", "04_trainer", "05_train_and_save"):
+        assert (run_dir / f"{name}.ipynb").exists()
+        assert f"{name} ... ok" in result.stdout  # one progress line per notebook
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (run_dir / "adapter" / name).exists()
+    for png in ("lora_parameters", "token_lengths", "lr_schedule", "loss_curve"):
+        assert (run_dir / f"{png}.png").stat().st_size > 1000
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["num_train_rows"] == 72 and metrics["num_eval_rows"] == 8  # max_rows 80, 10% held out
+    for key in METRIC_KEYS[4:]:
+        assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+    assert metrics["train_steps"] == 4
+    params = json.loads((run_dir / "params.json").read_text())
+    assert params["max_steps"] == 4 and params["max_seq_length"] == 128  # the config reached every step
+
+
+@pytest.mark.slow
+def test_adapter_reloads_and_changes_the_model(smoke_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.model import bundled_folder
+
+    run_dir, _ = smoke_run
+    base_dir = bundled_folder("SmolLM2-135M-Instruct")
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    ids = tok(["<human>: What is the capital of Peru?\n<bot>:"], return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        plain = base(**ids).logits
+        tuned = PeftModel.from_pretrained(base, run_dir / "adapter")(**ids).logits
+    assert plain.shape == tuned.shape
+    assert (plain - tuned).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_only_reruns_one_step_with_an_override(smoke_run):
+    run_dir, _ = smoke_run
+    result = runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "3", "-p", "eval_fraction", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert "[1/1] 03_dataset ... ok" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_eval_rows"] == 20
+
+
+def test_unknown_parameter_stops_before_any_notebook(tmp_path):
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "-p", "lora_rank", "8")
+    assert result.returncode == 2
+    assert "Unknown parameter 'lora_rank'. Did you mean 'lora_r'?" in result.stderr
+    assert not list(tmp_path.glob("*.ipynb"))
+
+
+def test_unknown_notebook_number(tmp_path):
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "9")
+    assert result.returncode == 2 and "--only 09: no such notebook" in result.stderr
+
+
+@pytest.mark.slow
+def test_failing_cell_names_notebook_and_cell(tmp_path):
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "03", "-p", "dataset", "missing.jsonl")
+    assert result.returncode == 1
+    assert "03_dataset.ipynb failed in code cell 3 (rows = data.load_rows" in result.stderr
+    assert "DatasetError: Parameter 'dataset' = 'missing.jsonl': no such file" in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing that looks like a prepared split
+
+
+@pytest.mark.slow
+def test_post_recipe_offline_fails_fast_with_a_clear_message(tmp_path):
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    result = runner("configs/llama31-8b-oig.yaml", "--run-dir", tmp_path, "--only", "01", env=env)
+    assert result.returncode == 1
+    assert "'unsloth/Meta-Llama-3.1-8B-bnb-4bit' is not a local folder and the model hub is not reachable" \
+        in result.stderr
+    assert time.perf_counter() - start < 120  # a kernel start and a refusal, no download attempts
+
+
+@pytest.mark.slow
+def test_plain_papermill_with_a_config_file(tmp_path):
+    out = tmp_path / "03.ipynb"
+    result = subprocess.run([sys.executable, "-m", "papermill", "-f", "configs/smoke.yaml", "-p", "run_dir",
+                             str(tmp_path), "notebooks/03_dataset.ipynb", str(out), "--no-progress-bar"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_train_rows"] == 72
+    assert (tmp_path / "data" / "train.jsonl").exists()

@@ -1,0 +1,44 @@
+import json
+import math
+
+from helpers import data, train
+
+
+def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
+    import torch
+
+    rows = [{"text": f"<human>: Say {w}.\n<bot>: Pip here! {w}. Happy to help!"} for w in
+            ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow")]
+    run_dir = tiny_params["run_dir"]
+    ds = data.load_rows(str(jsonl(rows)), "text")
+    train_rows, held = data.split(ds, 0.25, seed=1)
+    data.save_split(run_dir, train_rows, held, "text")
+    params = {**tiny_params, "max_steps": 8}
+    session = train.setup(params)
+    assert session.summary().loc["training rows", "value"] == 9
+    before = train.eval_loss(session.trainer)
+    stats = train.run(session.trainer)
+    after = train.eval_loss(session.trainer)
+    assert stats["train_steps"] == 8
+    assert stats["train_tokens"] > 8 * 2 * 5  # batches of 2 rows of well over 5 tokens
+    assert math.isfinite(stats["tokens_per_s"]) and stats["tokens_per_s"] > 0
+    assert stats["peak_memory_gib"] > 0
+    assert after < before  # a random tiny model learns the repeated persona quickly at lr 1e-2
+    steps, losses = train.loss_history(session.trainer.state.log_history)
+    assert steps == list(range(1, 9)) and all(math.isfinite(v) for v in losses)
+
+    answers = session.answer(["<human>: Say red.\n<bot>:"], max_new_tokens=4)
+    assert len(answers) == 1 and "<human>:" not in answers[0]
+
+    folder = train.save_adapter(session.model, session.tokenizer, run_dir)
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names
+    assert json.loads((folder / "adapter_config.json").read_text())["r"] == params["lora_r"]
+    assert not any(p.name.endswith(".partial") for p in folder.parent.iterdir())
+    with torch.no_grad():
+        assert any(p.abs().sum() > 0 for n, p in session.model.named_parameters() if "lora_B" in n)
+
+
+def test_before_after_table():
+    table = train.before_after_table([("<human>: Hi?\n<bot>:", "Hello.")], ["x"], ["Hello."])
+    assert table.to_dict("records") == [{"prompt": "Hi?", "reference": "Hello.", "before": "x", "after": "Hello."}]

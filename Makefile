@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:  make run   (the whole workbook on the offline default)
+#                                   make test  (the whole test suite, notebooks included)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/default.yaml
+ARGS   ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test test-unit lab data notebooks clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-bundled.txt requirements-gpu.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-bundled.txt
+	if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/python -m pip install -q -r requirements-gpu.txt; fi
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+# make run CONFIG=configs/smoke.yaml ARGS="-p max_steps 10 --only 05"
+run: setup
+	$(BIN)/python -m helpers.run $(CONFIG) $(ARGS)
+
+# Unit tests, the runner on the smoke config, then nbval re-executes the committed notebooks.
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax \
+		--sanitize-with tests/nbval_sanitize.cfg
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests -m "not slow"
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+# Rewrite data/pip_chip2.jsonl (deterministic: the committed file is what this prints).
+data: setup
+	$(BIN)/python data/make_dataset.py
+
+# Re-execute the notebooks in place on the default config so their stored outputs are fresh.
+notebooks: setup
+	WORKBOOK_RUN_DIR=$(CURDIR)/runs/notebooks $(BIN)/python -m helpers.refresh_outputs
+
+clean:
+	rm -rf runs

@@ -63,17 +63,35 @@ def peak_memory() -> dict:
     return {"peak_memory_gib": rss_kib / 2**20, "peak_memory_kind": "process_peak_rss"}
 
 
+class TokenCount:
+    """Counts the non-padding tokens that reach `trainer.training_step` (TRL logs `num_tokens`, but
+    unsloth's trainer does not, and a collator-side count would include the batch the data loader
+    fetches ahead)."""
+
+    def __init__(self, trainer):
+        self.tokens = 0
+        step = trainer.training_step
+
+        def counted(model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            # padding-free / packed batches carry no attention mask: every token is real
+            self.tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            return step(model, inputs, *args, **kwargs)
+
+        trainer.training_step = counted
+
+
 def run(trainer) -> dict:
     """`trainer.train()` with the figures people quote: time, tokens/s, peak memory."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    count = TokenCount(trainer)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
-    # TRL counts the non-padding tokens it trained on; "num_tokens" is the running total.
-    tokens = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+    tokens = count.tokens
     return {"train_loss": float(result.training_loss), "train_runtime_s": seconds,
             "train_steps": int(result.global_step), "train_tokens": int(tokens),
             "tokens_per_s": tokens / seconds if seconds > 0 else math.nan, **peak_memory()}

@@ -36,4 +36,5 @@ def test_smoke_chain_on_gpu(tmp_path, tiny_model_dir):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["backend"] == "unsloth" and metrics["load_in_4bit"] is True
     assert metrics["peak_memory_kind"] == "cuda_max_memory_reserved"
+    assert metrics["tokens_per_s"] > 0 and metrics["train_tokens"] > 0  # unsloth logs no num_tokens
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()

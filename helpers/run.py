@@ -51,14 +51,17 @@ def select(only: list[str]) -> list[Path]:
 
 
 def failed_cell(notebook_path: Path) -> str:
-    """'cell N' (1-based among code cells) of the first cell whose output is an error."""
+    """'code cell N (first line)' of the first cell whose output is an error; N counts the code cells of
+    the notebook as written (papermill's injected-parameters cell is not one of them)."""
     import nbformat
 
     nb = nbformat.read(notebook_path, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    code = [c for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.metadata.get("tags", [])]
     for i, cell in enumerate(code, start=1):
         if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            return f"code cell {i} ({cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ''})"
+            lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("# NBVAL")]
+            return f"code cell {i} ({lines[0][:60] if lines else ''})"
     return "an unknown cell"
 
 

@@ -11,8 +11,13 @@ def add_lora(model, params: dict, backend: str):
     """
     import torch
 
+    from helpers.memory import choose_checkpointing
+
     differences = []
-    gc = params["use_gradient_checkpointing"]
+    gc, why = choose_checkpointing(params["use_gradient_checkpointing"], model.config,
+                                   params["per_device_train_batch_size"], params["max_seq_length"])
+    if why:
+        differences.append(("use_gradient_checkpointing", "auto", gc, why))
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 

@@ -58,8 +58,9 @@ PARAMS: list[Param] = [
     P("bias", "none", "02", "Which biases train: `none`, `all` or `lora_only`.",
       choices=("none", "all", "lora_only")),
     P("use_gradient_checkpointing", "unsloth", "02",
-      "Recompute activations in the backward pass to save memory: `unsloth`, true or false.",
-      choices=("unsloth", True, False)),
+      "Recompute activations in the backward pass to save memory: `unsloth`, true, false, or `auto` "
+      "(off when the activations fit the GPU's free memory: faster).",
+      choices=("unsloth", True, False, "auto")),
     P("random_state", 3407, "02", "Seed for the LoRA weights' initialisation."),
     P("use_rslora", False, "02", "Rank-stabilised LoRA (scale alpha / sqrt(r))."),
     P("loftq_config", None, "02", "LoftQ initialisation settings (None: off)."),
@@ -83,6 +84,8 @@ PARAMS: list[Param] = [
     P("seed", 3407, "04", "Seed for data order and dropout."),
     P("logging_steps", 1, "04", "Log the loss every N steps.", minimum=1),
     P("per_device_eval_batch_size", 8, "04", "Samples per forward pass when evaluating.", minimum=1),
+    P("packing", False, "04", "Pack short samples into full-length rows with no padding (samples never "
+      "attend to each other; needs the unsloth backend or flash-attn). Much faster on short chats."),
     # 05_train_and_save
     P("num_eval_prompts", 4, "05", "Held-out prompts answered before and after training.", minimum=0),
     P("max_new_tokens", 32, "05", "Tokens generated per answer.", minimum=1),

@@ -17,7 +17,14 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
 
     import torch
 
+    from helpers.model import choose_attention, choose_backend
+    from helpers.params import ParameterError
+
     gpu = torch.cuda.is_available()
+    if params["packing"] and choose_backend(params["backend"]) != "unsloth" \
+            and choose_attention(params["attn_implementation"]) != "flash_attention_2":
+        raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
+                             "SDPA on the transformers path, packed samples would attend to each other.")
     differences = []
     kwargs = {name: params[name] for name in SEED_ARGUMENTS}
     kwargs.update(
@@ -25,7 +32,7 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
         per_device_eval_batch_size=params["per_device_eval_batch_size"],
         dataset_text_field="text",  # the prepared split (03) always stores the text under "text"
         max_length=params["max_seq_length"],
-        packing=False,
+        packing=params["packing"],  # TRL's best-fit packing: padding-free rows with per-sample positions
         # The post enables checkpointing through get_peft_model (step 02), not in the trainer;
         # TRL's own default (on) would add a second, slower layer of recomputation.
         gradient_checkpointing=False,

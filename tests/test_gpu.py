@@ -38,3 +38,38 @@ def test_smoke_chain_on_gpu(tmp_path, tiny_model_dir):
     assert metrics["peak_memory_kind"] == "cuda_max_memory_reserved"
     assert metrics["tokens_per_s"] > 0 and metrics["train_tokens"] > 0  # unsloth logs no num_tokens
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_packing_keeps_samples_apart(tiny_params):
+    """Packed (padding-free) rows must give each sample the logits it gets alone: no sample may attend
+    to its neighbours. A naive concatenation (no boundary information) is the control that differs."""
+    import torch
+    from datasets import Dataset
+
+    from helpers import trainer as trainers
+
+    m, tok, info = models.load(tiny_params)
+    m, _ = lora.add_lora(m, tiny_params, info.backend)
+    lengths = [10, 24, 17]
+    gen = torch.Generator().manual_seed(0)
+    samples = [torch.randint(5, len(tok), (n,), generator=gen).tolist() for n in lengths]
+    kwargs, _ = trainers.training_config({**tiny_params, "packing": True}, Path(tiny_params["run_dir"]))
+    kwargs.update(max_length=64, per_device_train_batch_size=1, max_steps=1)
+    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": samples}), Dataset.from_dict({"input_ids": []}),
+                       kwargs)
+    batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in next(iter(t.get_train_dataloader())).items()}
+    assert batch["input_ids"].shape[1] == sum(lengths)  # one packed row, no padding
+    model = t.model.eval()
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0].float()
+        naive = model(input_ids=batch["input_ids"]).logits[0].float()
+        order = batch["input_ids"][0].tolist()
+        # locate each sample in the packed row (bfd may reorder them), then run it alone
+        errors, controls = [], []
+        for s in samples:
+            start = next(i for i in range(len(order)) if order[i:i + len(s)] == s)
+            single = model(input_ids=torch.tensor([s], device="cuda")).logits[0].float()
+            errors.append((packed[start:start + len(s)] - single).abs().max().item())
+            controls.append((naive[start:start + len(s)] - single).abs().max().item())
+    assert max(controls) > 0  # some sample sits after another: the control must differ
+    assert max(errors) < 0.1 * max(controls), (errors, controls)

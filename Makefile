@@ -7,7 +7,7 @@ CONFIG ?= configs/default.yaml
 ARGS   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit lab data notebooks clean
+.PHONY: setup run test test-unit lab data notebooks bench clean
 
 setup: $(STAMP)
 
@@ -45,3 +45,7 @@ notebooks: setup
 
 clean:
 	rm -rf runs
+
+# GPU benchmark (needs an NVIDIA GPU): make bench ARGS="--size small --steps 6"
+bench: setup
+	$(BIN)/python bench/gpu_training.py $(ARGS)

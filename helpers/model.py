@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from helpers.params import ParameterError
+from helpers.rundir import replace_dir, update_metrics
 
 BUNDLED_PREFIX = "bundled:"
 SPARE_PAD = "<|endoftext|>"
@@ -158,13 +160,9 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = target.with_name(f".{target.name}.partial")
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    from helpers.rundir import replace_dir
-
     replace_dir(tmp, target)
 
 
@@ -236,14 +234,11 @@ def load(params: dict):
         if gpu and not four_bit:
             model = model.to("cuda")
         tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _ensure_pad(tokenizer)
     info = LoadInfo(backend=backend, model_name=params["model_name"], source=source,
                     device="cuda" if gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
                     load_in_4bit=four_bit, attn_implementation=attn, differences=differences)
     if params.get("run_dir"):  # which backend really ran belongs in the run's record
-        from helpers.rundir import update_metrics
-
         update_metrics(Path(params["run_dir"]), **{k: v for k, v in info.as_dict().items() if k != "differences"})
     return model, tokenizer, info
 
@@ -271,7 +266,11 @@ def load_tokenizer(params: dict):
     """The tokenizer alone (quick), for looking at data before any model loads."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source(params["model_name"]))
+    return _ensure_pad(AutoTokenizer.from_pretrained(resolve_source(params["model_name"])))
+
+
+def _ensure_pad(tokenizer):
+    """Batches need a pad token; a tokenizer without one pads with end-of-sequence."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

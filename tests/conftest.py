@@ -45,42 +45,15 @@ def bundled_dir() -> Path:
     return bundled_folder("SmolLM2-135M-Instruct")
 
 
-def train_tokenizer(folder: Path):
-    """A small byte-level BPE tokenizer trained on the bundled data: no download, no bundled wheel
-    (the GPU machine has neither)."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [json.loads(line)["text"] for line in (REPO / "data" / "pip_chip2.jsonl").read_text().splitlines()]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|im_start|>", "<|im_end|>", "<|pad|>"]  # unsloth wants a pad token other than eos
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|pad|>")
-    fast.save_pretrained(folder)
-    return fast
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer Llama with random weights and a small trained tokenizer, saved like any local model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 2-layer Llama (head_dim 64, as GPU kernels expect) with random weights and a small trained
+    tokenizer, saved like any local model."""
+    from helpers.synthetic import random_llama
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = train_tokenizer(folder)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return random_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", hidden_size=128, intermediate_size=256,
+                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                        max_position_embeddings=256, tie_word_embeddings=True)
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ This table is the single source of truth: the notebooks' `parameters` cells hold
 defaults (a test keeps them in sync), the README's parameter table is printed from it
 (`python -m helpers.params`), and the runner rejects names that are not in it.
 
-Each notebook owns the parameters of its step. When a notebook starts, `settle()` merges, in order:
-the defaults, what earlier steps saved in the run folder (`params.json`), and this notebook's own
-parameters; then it checks them and saves the result. So `05_train_and_save` run alone after a kernel
-restart trains the model and LoRA that `01` and `02` chose.
+Each notebook's parameters cell holds the parameters of its step. When a notebook starts, `settle()`
+merges, in order: the defaults, what earlier steps saved in the run folder (`params.json`), and the
+parameters the notebook holds (its own cell, plus any that papermill injected); then it checks them and
+saves the result. So `05_train_and_save` run alone after a kernel restart trains the model and LoRA that
+`01` and `02` chose.
 """
 from __future__ import annotations
 

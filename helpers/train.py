@@ -16,7 +16,6 @@ class Session:
     def __init__(self, params: dict):
         from helpers import data, lora, model, trainer
 
-        self.params = params
         self.model, self.tokenizer, self.info = model.load(params)
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
         self.train, self.held_out = data.load_split(Path(params["run_dir"]))

@@ -60,7 +60,7 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
     return kwargs, differences
 
 
-def config_table(kwargs: dict, params: dict):
+def config_table(kwargs: dict):
     import pandas as pd
 
     rows = [(k, kwargs[k]) for k in SEED_ARGUMENTS]

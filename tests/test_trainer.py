@@ -39,7 +39,7 @@ def test_linear_schedule_warms_up_then_decays():
 
 def test_config_table_shows_effective_batch(tmp_path):
     kwargs, _ = trainer.training_config(DEFAULTS, tmp_path)
-    table = trainer.config_table(kwargs, DEFAULTS)
+    table = trainer.config_table(kwargs)
     assert table.loc["effective batch size", "value"] == 8
     assert table.loc["samples seen in training", "value"] == 8 * DEFAULTS["max_steps"]
 

@@ -31,3 +31,9 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int, backend: s
         model.train(was_training)
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     return [t.split(HUMAN_TAG)[0].strip() for t in texts]
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """A one-question conversation rendered with the tokenizer's chat template, ready for the answer."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)

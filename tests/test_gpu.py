@@ -55,8 +55,7 @@ def test_packing_keeps_samples_apart(tiny_params):
     samples = [torch.randint(5, len(tok), (n,), generator=gen).tolist() for n in lengths]
     kwargs, _ = trainers.training_config({**tiny_params, "packing": True}, Path(tiny_params["run_dir"]))
     kwargs.update(max_length=64, per_device_train_batch_size=1, max_steps=1)
-    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": samples}), Dataset.from_dict({"input_ids": []}),
-                       kwargs)
+    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": samples}), None, kwargs)
     batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in next(iter(t.get_train_dataloader())).items()}
     assert batch["input_ids"].shape[1] == sum(lengths)  # one packed row, no padding
     model = t.model.eval()
@@ -73,3 +72,30 @@ def test_packing_keeps_samples_apart(tiny_params):
             controls.append((naive[start:start + len(s)] - single).abs().max().item())
     assert max(controls) > 0  # some sample sits after another: the control must differ
     assert max(errors) < 0.1 * max(controls), (errors, controls)
+
+
+def test_responses_only_labels_reach_the_unsloth_trainer(tiny_params, jsonl):
+    """unsloth swaps the data collator: the answer-only labels must survive it into the batches (only
+    the answers and their end marker unmasked), and training must run on them."""
+    import re
+
+    import torch
+
+    from helpers import data, rundir, train
+
+    rows = [{"text": f"<human>: Say {w} twice.\n<bot>: {w} {w}."} for w in ("red", "blue", "green", "cat", "dog")]
+    params = {**tiny_params, "dataset": str(jsonl(rows)), "train_on_responses_only": True, "eval_fraction": 0.2}
+    rundir.resolve(params["run_dir"])
+    prepared = data.prepare(params, models.load_tokenizer(params))
+    data.save_split(params["run_dir"], *data.split(prepared.rows, 0.2, seed=1))
+    session = train.setup(params)
+    assert session.info.backend == "unsloth"
+    batch = next(iter(session.trainer.get_train_dataloader()))
+    labels, ids = batch["labels"], batch["input_ids"]
+    kept = [session.tokenizer.decode(ids[i][labels[i] != -100]) for i in range(len(ids))]
+    for k in kept:  # the plain template: "<human>: Say red twice.\n<bot>: red red.<|im_end|>\n"
+        answers = [a.strip() for a in k.split("<|im_end|>") if a.strip()]  # padding-free rows hold several
+        assert answers and all(re.fullmatch(r"(\w+) \1\.", a) for a in answers), kept
+    assert (labels == -100).any() and (labels != -100).any()
+    stats = train.run(session.trainer)
+    assert stats["train_steps"] == params["max_steps"] and torch.isfinite(torch.tensor(stats["train_loss"]))

@@ -92,7 +92,7 @@ def test_unknown_notebook_number(tmp_path):
 def test_failing_cell_names_notebook_and_cell(tmp_path):
     result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "03", "-p", "dataset", "missing.jsonl")
     assert result.returncode == 1
-    assert "03_dataset.ipynb failed in code cell 3 (rows = data.load_rows" in result.stderr
+    assert "03_dataset.ipynb failed in code cell 3 (tokenizer = models.load_tokenizer(P)" in result.stderr
     assert "DatasetError: Parameter 'dataset' = 'missing.jsonl': no such file" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing that looks like a prepared split
 
@@ -119,3 +119,31 @@ def test_plain_papermill_with_a_config_file(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["num_train_rows"] == 72
     assert (tmp_path / "data" / "train.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_messy_file_prints_the_report_and_writes_the_split(tmp_path):
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "03", "-p", "dataset",
+                    "data/messy_example.jsonl")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for expected in ("data/messy_example.jsonl (oig): read 38, kept 31, truncated 1", "dropped 1: unparsable",
+                     "dropped 1: not UTF-8", "dropped 1: duplicate", "dropped 1: turns don't alternate",
+                     "fixed 38: CRLF line endings converted", "line 9: not UTF-8 (byte 0xe9 at column 28"):
+        assert expected in result.stdout, expected
+    split = [len((tmp_path / "data" / f"{name}.jsonl").read_text().splitlines()) for name in ("train", "eval")]
+    assert split == [28, 3]
+    assert json.loads((tmp_path / "data_report.json").read_text())["kept"] == 31
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content, message", [(b"", "is empty (0 bytes)"),
+                                              (b"{\n[1, 2]\n\xff\n", "no usable rows (read 3, dropped: ")])
+def test_unusable_file_exits_nonzero_naming_it_and_leaves_no_split(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    run_dir = tmp_path / "run"
+    result = runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "03", "-p", "dataset", path)
+    assert result.returncode == 1
+    assert f"DatasetError: {path}" in result.stderr and message in result.stderr
+    assert not (run_dir / "data").exists() and not (run_dir / ".data.partial").exists()
+

@@ -1,7 +1,7 @@
 import json
 import math
 
-from helpers import data, train
+from helpers import data, model, rundir, train
 
 
 def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
@@ -10,10 +10,10 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
     rows = [{"text": f"<human>: Say {w}.\n<bot>: Pip here! {w}. Happy to help!"} for w in
             ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow")]
     run_dir = tiny_params["run_dir"]
-    ds = data.load_rows(str(jsonl(rows)), "text")
-    train_rows, held = data.split(ds, 0.25, seed=1)
-    data.save_split(run_dir, train_rows, held, "text")
-    params = {**tiny_params, "max_steps": 8}
+    params = {**tiny_params, "max_steps": 8, "dataset": str(jsonl(rows))}
+    rundir.resolve(run_dir)
+    prepared = data.prepare(params, model.load_tokenizer(params))
+    data.save_split(run_dir, *data.split(prepared.rows, 0.25, seed=1))
     session = train.setup(params)
     assert session.summary().loc["training rows", "value"] == 9
     before = train.eval_loss(session.trainer)
@@ -29,7 +29,7 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
     steps, losses = train.loss_history(session.trainer.state.log_history)
     assert steps == list(range(1, 9)) and all(math.isfinite(v) for v in losses)
 
-    answers = session.answer(["<human>: Say red.\n<bot>:"], max_new_tokens=4)
+    answers = session.answer(["<human>: Say red.\n<bot>:"], max_new_tokens=4)  # the plain template's layout
     assert len(answers) == 1 and "<human>:" not in answers[0]
 
     folder = train.save_adapter(session.model, session.tokenizer, run_dir)
@@ -42,5 +42,5 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
 
 
 def test_before_after_table():
-    table = train.before_after_table([("<human>: Hi?\n<bot>:", "Hello.")], ["x"], ["Hello."])
+    table = train.before_after_table([("Hi?", "<human>: Hi?\n<bot>:", "Hello.")], ["x"], ["Hello."])
     assert table.to_dict("records") == [{"prompt": "Hi?", "reference": "Hello.", "before": "x", "after": "Hello."}]

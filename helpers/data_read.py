@@ -1,0 +1,251 @@
+"""Read a dataset source into raw records, noting every line that cannot be read.
+
+Local files are parsed here line by line rather than through `datasets.load_dataset`, which stops at
+the first bad line: the workbook counts and names every bad line (file and line number), removes a
+byte-order mark and CRLF line endings instead of training on them, and skips lines that are not UTF-8.
+A URL is downloaded once into a cache and then read like a local file; a hub dataset goes through
+`datasets` (its rows arrive already parsed).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from helpers import rundir
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+BOM = b"\xef\xbb\xbf"
+
+
+class DatasetError(ValueError):
+    """The data cannot be used; the message names the file, the row and what was expected."""
+
+
+@dataclass
+class Record:
+    ordinal: int  # 1-based position among the rows read (for max_rows)
+    where: str    # "line 3", "row 5", "item 2": how a person finds it in the file
+    value: Any
+
+
+@dataclass
+class Problem:
+    ordinal: int
+    where: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class RawData:
+    source: str
+    records: list[Record] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    fixes: Counter = field(default_factory=Counter)  # e.g. "byte-order mark removed": 1
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.records) + len(self.problems)
+
+    def first(self, n: int) -> "RawData":
+        """Only the first n rows read (bad ones count too), for `max_rows`."""
+        return RawData(self.source, [r for r in self.records if r.ordinal <= n],
+                       [p for p in self.problems if p.ordinal <= n], self.fixes)
+
+
+def is_url(name: str) -> bool:
+    return urlparse(name).scheme in ("http", "https")
+
+
+def is_hub_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not name.lower().endswith(SUFFIXES)
+
+
+def read(dataset: str, split: str = "train", config: str | None = None, max_rows: int | None = None) -> RawData:
+    """Raw records of `dataset` (a local file, an http(s) URL or a hub dataset name)."""
+    local = rundir.find_file(dataset)
+    if local is not None:
+        raw = read_file(local, source=dataset)
+    elif is_url(dataset):
+        raw = read_file(download(dataset), source=dataset)
+    elif is_hub_name(dataset):
+        raw = read_hub(dataset, split, config)
+    else:
+        raise DatasetError(f"Parameter 'dataset' = '{dataset}': no such file (looked in {Path.cwd()} and "
+                           f"{rundir.REPO_ROOT}), and it is neither an http(s) URL nor a hub name.")
+    return raw.first(max_rows) if max_rows is not None else raw
+
+
+def read_file(path: Path, source: str | None = None) -> RawData:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DatasetError(f"Dataset file {path}: unknown file type '{path.suffix}'; expected one of "
+                           f"{', '.join(SUFFIXES)}.")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"Dataset file {path} is empty (0 bytes): nothing to train on.")
+    raw = RawData(source or str(path))
+    if suffix == ".parquet":
+        _read_parquet(path, raw)
+        return raw
+    lines = _decoded_lines(path.read_bytes(), raw)
+    {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[suffix](lines, raw, path)
+    return raw
+
+
+def _decoded_lines(data: bytes, raw: RawData) -> list[str | None]:
+    """The file's lines as text; None for a line that is not UTF-8 (recorded as a problem)."""
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+        raw.fixes["byte-order mark removed"] += 1
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    lines: list[str | None] = []
+    for number, part in enumerate(parts, start=1):
+        if part.endswith(b"\r"):
+            part = part[:-1]
+            raw.fixes["CRLF line endings converted"] += 1
+        try:
+            lines.append(part.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raw.problems.append(Problem(number, f"line {number}", "not UTF-8",
+                                        f"byte 0x{part[e.start]:02x} at column {e.start + 1} is not valid UTF-8"))
+            lines.append(None)
+    return lines
+
+
+def _read_jsonl(lines, raw: RawData, path: Path) -> None:
+    for number, line in enumerate(lines, start=1):
+        if line is None:
+            continue
+        if not line.strip():
+            raw.fixes["blank lines skipped"] += 1
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raw.problems.append(Problem(number, f"line {number}", "unparsable",
+                                        f"not valid JSON at column {e.colno}: {e.msg}"))
+            continue
+        raw.records.append(Record(number, f"line {number}", value))
+
+
+def _read_json(lines, raw: RawData, path: Path) -> None:
+    bad = [p for p in raw.problems if p.reason == "not UTF-8"]
+    if bad:  # one bad byte makes the whole document unreadable: there is no row to skip
+        raise DatasetError(f"Dataset file {path}, {bad[0].where}: {bad[0].detail}; a .json file must be UTF-8 "
+                           f"throughout (a .jsonl file would let the other rows through).")
+    try:
+        value = json.loads("\n".join(lines))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"Dataset file {path}, line {e.lineno}: not valid JSON at column {e.colno}: "
+                           f"{e.msg}.") from None
+    if isinstance(value, dict):  # {"data": [...]} / {"train": [...]}: the one list inside
+        lists = [v for v in value.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DatasetError(f"Dataset file {path}: expected a JSON list of rows (or an object holding one "
+                               f"list), got an object with keys {list(value)[:8]}.")
+        value = lists[0]
+    if not isinstance(value, list):
+        raise DatasetError(f"Dataset file {path}: expected a JSON list of rows, got {type(value).__name__}.")
+    for number, item in enumerate(value, start=1):
+        raw.records.append(Record(number, f"item {number}", item))
+
+
+def _read_csv(lines, raw: RawData, path: Path) -> None:
+    # Lines that were not UTF-8 become empty lines, so that the reader's line numbers stay the file's.
+    text = "\n".join("" if line is None else line for line in lines)
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise DatasetError(f"Dataset file {path}: no header row (expected column names on line 1).")
+    ordinal = 0
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            ordinal += 1
+            raw.problems.append(Problem(ordinal, f"line {start}", "unparsable", f"CSV: {e}"))
+            continue
+        if not row:  # blank (or undecodable, already counted) line
+            continue
+        ordinal += 1
+        if len(row) != len(header):
+            raw.problems.append(Problem(ordinal, f"line {start}", "unparsable",
+                                        f"{len(row)} fields, the header has {len(header)}"))
+            continue
+        raw.records.append(Record(ordinal, f"line {start}", dict(zip(header, row))))
+
+
+def _read_parquet(path: Path, raw: RawData) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DatasetError(f"Dataset file {path}: not a readable Parquet file ({e}).") from None
+    for number, row in enumerate(rows, start=1):
+        raw.records.append(Record(number, f"row {number}", row))
+
+
+def download(url: str) -> Path:
+    """The file behind `url`, downloaded once into the cache (atomically: a cut download is not reused)."""
+    import urllib.request
+
+    from helpers.model import cache_dir, hub_reachable
+
+    if not hub_reachable(url):
+        raise DatasetError(f"Parameter 'dataset' = '{url}' is a URL, and its host is not reachable from "
+                           f"this machine (offline). Download the file elsewhere and pass its local path, "
+                           f"e.g. -p dataset data/unified_chip2.jsonl.")
+    name = Path(urlparse(url).path).name or "data.jsonl"
+    target = cache_dir() / "downloads" / f"{hashlib.sha1(url.encode()).hexdigest()[:12]}-{name}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(url)
+    token = os.environ.get("HF_TOKEN")
+    if token and (urlparse(url).hostname or "").endswith("huggingface.co"):  # gated datasets; env only
+        request.add_header("Authorization", f"Bearer {token}")
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, tmp.open("wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"Parameter 'dataset' = '{url}': the download failed ({e}).") from None
+    tmp.replace(target)
+    return target
+
+
+def read_hub(name: str, split: str, config: str | None) -> RawData:
+    from datasets import load_dataset
+
+    from helpers.model import hub_reachable
+
+    if not hub_reachable():
+        raise DatasetError(f"Parameter 'dataset' = '{name}' looks like a hub dataset name, and the hub "
+                           f"is not reachable from this machine (offline). Pass a local file instead, "
+                           f"e.g. -p dataset data/my_data.jsonl.")
+    try:
+        ds = load_dataset(name, config, split=split)
+    except ValueError as e:  # unknown split or config
+        raise DatasetError(f"Hub dataset '{name}' (dataset_config={config!r}, dataset_split={split!r}): {e}") \
+            from None
+    raw = RawData(f"{name} ({split})")
+    for number, row in enumerate(ds, start=1):
+        raw.records.append(Record(number, f"row {number}", row))
+    return raw

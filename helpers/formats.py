@@ -1,0 +1,187 @@
+"""Dataset formats: recognise them, turn every row into chat messages, render them with a chat template.
+
+Four formats, detected from the fields or named with `dataset_format`:
+
+- `oig`: the post's OIG `unified_chip2`, a text field holding `<human>: ...` / `<bot>: ...` turns;
+- `alpaca`: `instruction`, optional `input`, `output`;
+- `conversations`: `messages` (role/content) or ShareGPT `conversations` (from/value);
+- `text`: plain text in `dataset_text_field`, trained on as it is (what the post's SFTTrainer does).
+
+All but `text` become a list of `{"role", "content"}` messages, which the tokenizer's chat template
+renders; a tokenizer without one gets PLAIN_CHAT_TEMPLATE, the OIG layout itself. Rendering also
+returns the character spans of the assistant turns, which `train_on_responses_only` keeps in the loss.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+FORMATS = ("auto", "oig", "alpaca", "conversations", "text")
+OIG_TAGS = {"<human>:": "user", "<bot>:": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "bot": "assistant"}
+
+# For tokenizers that ship no chat template: the post's own layout, with EOS closing every answer so
+# that the model learns where to stop.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<human>: ' + message['content'] + '\n' }}"
+    "{% else %}{{ '<bot>: ' + message['content'] + eos_token + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<bot>:' }}{% endif %}"
+)
+
+
+class RowProblem(Exception):
+    """One row cannot be used: `reason` is the report's category, `detail` says what was expected."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def detect(values: list, text_field: str) -> tuple[str, str]:
+    """(format, why) from the fields of the first rows; None when no row is an object."""
+    rows = [v for v in values[:200] if isinstance(v, dict)]
+    if not rows:
+        return None, "no row is an object with fields"
+    keys = Counter(k for row in rows for k in row)
+    half = len(rows) / 2
+    if keys["messages"] > half:
+        return "conversations", "rows have a 'messages' field"
+    if keys["conversations"] > half:
+        return "conversations", "rows have a ShareGPT 'conversations' field"
+    if keys["instruction"] > half and keys["output"] > half:
+        return "alpaca", "rows have 'instruction' and 'output' fields"
+    if keys[text_field] > half:
+        texts = [row.get(text_field) for row in rows if isinstance(row.get(text_field), str)]
+        turns = sum("<human>:" in t and "<bot>:" in t for t in texts)
+        if turns > len(texts) / 2:
+            return "oig", f"'{text_field}' holds <human>: / <bot>: turns"
+        return "text", f"rows have a '{text_field}' field of plain text"
+    return None, f"the fields are {sorted(keys)[:10]}"
+
+
+def _field(row: dict, name: str, required: bool = True) -> str | None:
+    if name not in row or row[name] is None:
+        if required:
+            raise RowProblem("missing field", f"no '{name}' field")
+        return None
+    value = row[name]
+    if not isinstance(value, str):
+        raise RowProblem("wrong type", f"field '{name}' is {type(value).__name__}, expected text")
+    if required and not value.strip():
+        raise RowProblem("empty field", f"field '{name}' is empty")
+    return value
+
+
+def parse_oig(text: str) -> list[dict]:
+    """`<human>: a\\n<bot>: b\\n<human>: c\\n<bot>: d` -> four messages."""
+    pieces = re.split(r"(<human>:|<bot>:)", text)
+    if pieces[0].strip():
+        raise RowProblem("turns don't alternate", "text before the first <human>: turn")
+    messages = []
+    for tag, content in zip(pieces[1::2], pieces[2::2]):
+        if not content.strip():
+            raise RowProblem("empty field", f"turn {len(messages) + 1} ({tag}) is empty")
+        messages.append({"role": OIG_TAGS[tag], "content": content.strip()})
+    return messages
+
+
+def _conversation(row: dict) -> list[dict]:
+    if "messages" in row:
+        name, role_key, content_key = "messages", "role", "content"
+    else:
+        name, role_key, content_key = "conversations", "from", "value"
+    turns = row.get(name)
+    if turns is None:
+        raise RowProblem("missing field", "no 'messages' or 'conversations' field")
+    if not isinstance(turns, list):
+        raise RowProblem("wrong type", f"field '{name}' is {type(turns).__name__}, expected a list of turns")
+    messages = []
+    for i, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise RowProblem("wrong type", f"{name} turn {i} is {type(turn).__name__}, expected an object with "
+                                           f"'{role_key}' and '{content_key}'")
+        role = turn.get(role_key)
+        if role not in SHAREGPT_ROLES:
+            raise RowProblem("unknown role", f"{name} turn {i} has {role_key}={role!r}; expected one of "
+                                             f"{sorted(SHAREGPT_ROLES)}")
+        try:
+            content = _field(turn, content_key)
+        except RowProblem as e:
+            raise RowProblem(e.reason, f"{name} turn {i}: {e.detail}") from None
+        messages.append({"role": SHAREGPT_ROLES[role], "content": content.strip()})
+    return messages
+
+
+def check_turns(messages: list[dict]) -> list[dict]:
+    """An optional system message, then user and assistant taking turns, ending with an answer."""
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not body:
+        raise RowProblem("turns don't alternate", "no user or assistant turn")
+    for i, message in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise RowProblem("turns don't alternate",
+                             f"turn {i + 1} is '{message['role']}', expected '{expected}' "
+                             f"(roles: {' > '.join(m['role'] for m in body)})")
+    if body[-1]["role"] != "assistant":
+        raise RowProblem("turns don't alternate", "the last turn is the user's: no answer to learn")
+    return messages
+
+
+def to_messages(row, fmt: str, text_field: str):
+    """Chat messages for one row (for `text`: the text itself); raises RowProblem for an unusable row."""
+    if not isinstance(row, dict):
+        raise RowProblem("wrong type", f"the row is {type(row).__name__}, expected an object with fields")
+    if fmt == "text":
+        return _field(row, text_field)
+    if fmt == "oig":
+        return check_turns(parse_oig(_field(row, text_field)))
+    if fmt == "alpaca":
+        instruction, extra = _field(row, "instruction"), _field(row, "input", required=False)
+        prompt = instruction.strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _field(row, "output").strip()}]
+    if fmt == "conversations":
+        return check_turns(_conversation(row))
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Give a tokenizer without a chat template the plain one; True when it was added."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return True
+
+
+def render(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
+    """The training text of one row and the character spans of its assistant turns, EOS appended.
+
+    A span runs from where the generation prompt ends to the end of that assistant turn, so it
+    holds exactly what the model must produce (answer and end-of-turn marker).
+    """
+    eos = tokenizer.eos_token or ""
+    if isinstance(messages, str):  # plain text: all of it is trained on
+        text = messages if messages.endswith(eos) else messages + eos
+        return text, [(0, len(text))]
+
+    def apply(msgs, generation_prompt=False):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+
+    text = apply(messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt, upto = apply(messages[:i], True), apply(messages[: i + 1])
+        if not (text.startswith(upto) and upto.startswith(prompt)):
+            raise ValueError("the tokenizer's chat template renders a conversation differently from its "
+                             "beginning, so answers cannot be located for train_on_responses_only")
+        spans.append((len(prompt), len(upto)))
+    if eos and not text.rstrip().endswith(eos):
+        text += eos
+        spans[-1] = (spans[-1][0], len(text))
+    return text, spans

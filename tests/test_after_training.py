@@ -1,0 +1,150 @@
+"""Steps 6-8 on a tiny model trained on the spot: evaluation, export (merge, reload without peft,
+GGUF where llama.cpp is found) and streaming chat."""
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from helpers import chat, data, evaluate, export, rundir, train
+from helpers import model as models
+
+WORDS = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """A run folder with a prepared split and the adapter of a short training on the tiny model."""
+    from helpers.params import DEFAULTS
+
+    folder = tmp_path_factory.mktemp("trained")
+    path = folder / "rows.jsonl"
+    path.write_text("".join(json.dumps({"text": f"<human>: Say {w}.\n<bot>: Pip here! {w}. Happy to help!"}) + "\n"
+                            for w in WORDS))
+    params = {**DEFAULTS, "model_name": str(tiny_model_dir), "run_dir": str(folder / "run"), "dataset": str(path),
+              "max_seq_length": 128, "max_steps": 8, "warmup_steps": 1, "per_device_train_batch_size": 2,
+              "gradient_accumulation_steps": 1, "learning_rate": 1e-2, "eval_fraction": 0.25}
+    rundir.resolve(params["run_dir"])
+    prepared = data.prepare(params, models.load_tokenizer(params))
+    data.save_split(params["run_dir"], *data.split(prepared.rows, 0.25, seed=1))
+    session = train.setup(params)
+    train.run(session.trainer)
+    train.save_adapter(session.model, session.tokenizer, params["run_dir"])
+    return params
+
+
+def test_evaluation_compares_base_and_finetuned(trained):
+    model, tok, info = evaluate.load_finetuned(trained)
+    _, held_out = data.load_split(trained["run_dir"])
+    result = evaluate.compare_losses(model, tok, held_out, trained)
+    assert result["eval_loss_finetuned"] < result["eval_loss_base"]
+    assert result["perplexity_base"] == pytest.approx(math.exp(result["eval_loss_base"]))
+    table = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)
+    assert list(table.columns) == ["prompt", "reference", "base model", "fine-tuned"] and len(table) == 2
+    assert table["fine-tuned"].tolist() != table["base model"].tolist()
+    again = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)
+    assert again.equals(table)  # greedy and seeded: the table repeats
+    path = evaluate.save(trained["run_dir"], result, table)
+    assert path.read_text().splitlines()[0] == "prompt,reference,base model,fine-tuned"
+    assert rundir.read_json(path.parent / "metrics.json")["eval_loss_base"] == result["eval_loss_base"]
+
+
+def test_mean_token_loss_weights_every_token_once(trained):
+    """Against a direct computation: rows of different lengths, labels of -100 left out."""
+    import torch
+    import torch.nn.functional as F
+    from datasets import Dataset
+
+    model, tok, _ = evaluate.load_finetuned(trained)
+    rows = {"input_ids": [[5, 6, 7, 8, 9, 10], [11, 12, 13]], "labels": [[-100, -100, 7, 8, 9, 10], [11, 12, 13]]}
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, labels in zip(rows["input_ids"], rows["labels"]):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            target = torch.tensor(labels[1:])
+            total += F.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+            count += int((target != -100).sum())
+    assert evaluate.mean_token_loss(model, Dataset.from_dict(rows), batch_size=2) == pytest.approx(total / count,
+                                                                                                   rel=1e-5)
+
+
+def test_export_merges_and_plain_transformers_reloads_it(trained):
+    adapter_logits, merged, tok = export.merge(trained)
+    folder = export.save_merged(merged, tok, trained["run_dir"])
+    names = {p.name for p in folder.iterdir()}
+    assert "model.safetensors" in names and not any(n.startswith("adapter") or n.endswith(".bin") for n in names)
+    assert "auto_map" not in json.loads((folder / "config.json").read_text())  # no remote code needed
+    reloaded = export.reload_without_peft(folder)
+    check = export.check(adapter_logits, reloaded, "float32")
+    assert check["ok"] and check["max_abs_logit_diff"] <= 1e-3 and check["same_next_token"] == 1.0
+    base_logits = export.reload_without_peft(models.resolve_source(trained["model_name"]))
+    assert not export.check(adapter_logits, base_logits, "float32")["ok"]  # the control: the merge mattered
+    with pytest.raises(RuntimeError, match="could not load"):
+        export.reload_without_peft(folder.parent / "adapter")  # an adapter needs peft: blocked there
+
+
+def test_export_in_16_bit(trained):
+    adapter_logits, merged, tok = export.merge({**trained, "export_dtype": "float16"})
+    folder = export.save_merged(merged, tok, trained["run_dir"])
+    reloaded = export.reload_without_peft(folder)
+    assert reloaded["dtype"] == "torch.float16"
+    check = export.check(adapter_logits, reloaded, "float16")
+    assert check["ok"] and check["tolerance"] == pytest.approx(0.02 * check["logit_scale"])
+    assert check["max_abs_logit_diff"] > 1e-6  # rounded to 16 bits: not bit-identical
+
+
+def test_gguf_is_skipped_with_advice_without_llama_cpp(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    path, message = export.gguf(tmp_path, tmp_path)
+    assert path is None and "GGUF export skipped" in message and "LLAMA_CPP_DIR" in message
+
+
+def test_gguf_runs_llama_cpp_converter_when_found(monkeypatch, tmp_path):
+    """A stand-in converter records its arguments; the workbook must pass the folder, outfile and type,
+    and keep the file only when the converter succeeded."""
+    script = tmp_path / "convert_hf_to_gguf.py"
+    script.write_text("import sys, pathlib\nargs = sys.argv[1:]\n"
+                      "pathlib.Path(args[args.index('--outfile') + 1]).write_bytes(b'GGUF' + ' '.join(args).encode())\n"
+                      "sys.exit(1 if 'fail' in args[0] else 0)\n")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    path, message = export.gguf(merged, tmp_path, "q8_0")
+    assert path == tmp_path / "model.gguf" and path.read_bytes().startswith(b"GGUF")
+    assert f"{merged} --outfile" in path.read_text(errors="ignore") and "--outtype q8_0" in path.read_text(errors="ignore")
+    path.unlink()
+    failing = tmp_path / "fail"
+    failing.mkdir()
+    with pytest.raises(RuntimeError, match="failed"):
+        export.gguf(failing, tmp_path)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".model.gguf*"))
+
+
+def test_chat_streams_and_remembers_turns(trained):
+    import torch
+
+    model, tok, source = chat.load(trained)
+    shown = []
+    conversation = chat.Chat(model, tok, max_new_tokens=12)
+    first = conversation.say("Say red.", show=lambda *a, **k: shown.append(a))
+    assert len(first.chunks) > 1 and first.first_chunk_seconds <= first.seconds  # pieces arrived one by one
+    # the streamed text is exactly what a plain greedy generate() gives
+    prompt = tok.apply_chat_template(conversation.messages[:1], tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    plain = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "".join(first.chunks).strip() == plain.strip()
+    conversation.say("Say blue.", show=lambda *a, **k: None)
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant", "user", "assistant"]
+    assert conversation.messages[1]["content"] == first.text
+    assert conversation.table().shape == (4, 2)
+
+
+def test_chat_prefers_the_merged_folder(trained):
+    adapter_logits, merged, tok = export.merge(trained)
+    export.save_merged(merged, tok, trained["run_dir"])
+    model, tok, source = chat.load(trained)
+    assert source.endswith("merged") and not hasattr(model, "disable_adapter")

@@ -5,9 +5,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 ARGS   ?=
+NPROC  ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit lab data notebooks bench clean
+.PHONY: setup run test test-unit lab data notebooks bench train-multi clean
 
 setup: $(STAMP)
 
@@ -49,3 +50,9 @@ clean:
 # GPU benchmark (needs an NVIDIA GPU): make bench ARGS="--size small --steps 6"
 bench: setup
 	$(BIN)/python bench/gpu_training.py $(ARGS)
+
+# Steps 3-5 data-parallel on NPROC GPUs, one process each (python -m helpers.train under accelerate):
+# make train-multi NPROC=2 CONFIG=configs/llama31-8b-oig.yaml ARGS="--run-dir runs/multi"
+train-multi: setup
+	$(BIN)/accelerate launch --num_processes $(NPROC) $(if $(filter-out 1,$(NPROC)),--multi_gpu) \
+		-m helpers.train $(CONFIG) $(ARGS)

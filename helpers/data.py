@@ -217,14 +217,11 @@ def split(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
 def save_split(run_dir: Path, train: list[dict], held_out: list[dict]) -> Path:
     """Write data/train.jsonl and data/eval.jsonl into the run folder, atomically."""
     final = Path(run_dir) / "data"
-    tmp = Path(run_dir) / ".data.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, part in (("train", train), ("eval", held_out)):
-        with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            for row in part:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    rundir.replace_dir(tmp, final)
+    with rundir.building(final) as tmp:
+        for name, part in (("train", train), ("eval", held_out)):
+            with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+                for row in part:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return final
 
 

@@ -40,7 +40,9 @@ def add_lora(model, params: dict, backend: str):
                             "unsloth's offloaded checkpointing exists only in unsloth; "
                             + ("plain checkpointing instead" if on_gpu else "not needed for memory on CPU")))
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gc))
+        # non-reentrant checkpointing also works under DistributedDataParallel (make train-multi)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gc),
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

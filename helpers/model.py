@@ -223,29 +223,37 @@ def load(params: dict):
 
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=source, max_seq_length=params["max_seq_length"], dtype=None if params["dtype"] is None
-            else dtype, load_in_4bit=four_bit, attn_implementation=attn)
+            else dtype, load_in_4bit=four_bit, attn_implementation=attn,
+            trust_remote_code=params["trust_remote_code"], use_safetensors=True,
+            device_map={"": local_device()} if gpu else "sequential")
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs = {"dtype": dtype, "attn_implementation": attn}
+        kwargs = {"dtype": dtype, "attn_implementation": attn, "use_safetensors": True,  # never pickled .bin
+                  "trust_remote_code": params["trust_remote_code"]}
         if four_bit:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=dtype)
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": local_device()}
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         if gpu and not four_bit:
-            model = model.to("cuda")
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    _prepare_tokenizer(tokenizer)
+            model = model.to(f"cuda:{local_device()}")
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=params["trust_remote_code"])
+    prepare_tokenizer(tokenizer)
     info = LoadInfo(backend=backend, model_name=params["model_name"], source=source,
                     device="cuda" if gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
                     load_in_4bit=four_bit, attn_implementation=attn, differences=differences)
     if params.get("run_dir"):  # which backend really ran belongs in the run's record
         update_metrics(Path(params["run_dir"]), **{k: v for k, v in info.as_dict().items() if k != "differences"})
     return model, tokenizer, info
+
+
+def local_device() -> int:
+    """The GPU of this process: its LOCAL_RANK under `accelerate launch` (one process per GPU), else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def summary(model, info: LoadInfo):
@@ -271,10 +279,10 @@ def load_tokenizer(params: dict):
     """The tokenizer alone (quick), for looking at data before any model loads."""
     from transformers import AutoTokenizer
 
-    return _prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_source(params["model_name"])))
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_source(params["model_name"])))
 
 
-def _prepare_tokenizer(tokenizer):
+def prepare_tokenizer(tokenizer):
     """Batches need a pad token (a tokenizer without one pads with end-of-sequence), and chat rows need
     a chat template (a tokenizer without one gets the workbook's plain template, see helpers.formats)."""
     from helpers.formats import ensure_chat_template

@@ -48,6 +48,8 @@ PARAMS: list[Param] = [
     P("backend", "auto", "01",
       "`unsloth` (NVIDIA GPU with unsloth installed), `hf` (transformers + peft) or `auto`.",
       choices=("auto", "unsloth", "hf")),
+    P("trust_remote_code", False, "01", "Run Python code that a hub model ships with its weights (off: "
+      "only architectures that transformers itself implements load; weights load from safetensors only)."),
     P("attn_implementation", "auto", "01",
       "`auto` uses flash-attn when installed, else PyTorch SDPA; or name one (`sdpa`, `eager`, "
       "`flash_attention_2`).", choices=("auto", "sdpa", "eager", "flash_attention_2")),
@@ -83,14 +85,14 @@ PARAMS: list[Param] = [
       choices=("truncate", "drop")),
     P("train_on_responses_only", False, "03",
       "Count only the answers' tokens in the loss (prompts are masked out)."),
-    P("eval_fraction", 0.05, "03", "Share of rows held out for evaluation.", minimum=0.0, maximum=0.5),
+    P("eval_fraction", 0.03, "03", "Share of rows held out for evaluation.", minimum=0.0, maximum=0.5),
     P("max_rows", None, "03", "Use only the first N rows (None: all)."),
     # 04_trainer
     P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
     P("gradient_accumulation_steps", 4, "04", "Forward passes summed before each optimizer step.", minimum=1),
-    P("warmup_steps", 3, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),
-    P("max_steps", 18, "04", "Optimizer steps to train.", minimum=1),
-    P("learning_rate", 5e-4, "04", "Peak learning rate.", minimum=0.0),
+    P("warmup_steps", 2, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),
+    P("max_steps", 10, "04", "Optimizer steps to train.", minimum=1),
+    P("learning_rate", 1e-3, "04", "Peak learning rate.", minimum=0.0),
     P("weight_decay", 0.01, "04", "AdamW weight decay.", minimum=0.0),
     P("optim", "adamw_8bit", "04", "Optimizer (`adamw_8bit` needs bitsandbytes on an NVIDIA GPU; on CPU "
       "`adamw_torch` runs instead)."),
@@ -98,11 +100,27 @@ PARAMS: list[Param] = [
     P("seed", 3407, "04", "Seed for data order and dropout."),
     P("logging_steps", 1, "04", "Log the loss every N steps.", minimum=1),
     P("per_device_eval_batch_size", 8, "04", "Samples per forward pass when evaluating.", minimum=1),
+    P("save_steps", 50, "04", "Save a checkpoint (adapter, optimizer, scheduler, RNG) every N steps into "
+      "run_dir/checkpoints; a killed run resumes from the newest complete one.", minimum=1),
+    P("save_total_limit", 2, "04", "Keep at most this many checkpoints (older ones are deleted).", minimum=1),
     P("packing", False, "04", "Pack short samples into full-length rows with no padding (samples never "
       "attend to each other; needs the unsloth backend or flash-attn). Much faster on short chats."),
     # 05_train_and_save
-    P("num_eval_prompts", 4, "05", "Held-out prompts answered before and after training.", minimum=0),
-    P("max_new_tokens", 32, "05", "Tokens generated per answer.", minimum=1),
+    P("resume", "auto", "05", "`auto`: continue an interrupted training of the same parameters from its "
+      "newest complete checkpoint; `true`: such a checkpoint must exist; `false`: start over.",
+      choices=("auto", True, False)),
+    P("num_eval_prompts", 3, "05", "Held-out prompts answered before and after training.", minimum=0),
+    P("max_new_tokens", 24, "05", "Tokens generated per answer.", minimum=1),
+    # 06_evaluate
+    P("num_compare_prompts", 4, "06", "Held-out prompts answered by the base and the fine-tuned model.", minimum=1),
+    # 07_export
+    P("export_dtype", "auto", "07", "Precision of the merged weights: `auto` (float32 on a CPU; on a GPU the "
+      "training precision, 16-bit, like unsloth's `merged_16bit`), `float16`, `bfloat16` or `float32`.",
+      choices=("auto", "float16", "bfloat16", "float32")),
+    P("gguf_outtype", "q8_0", "07", "GGUF file type when llama.cpp is installed (`f16`, `bf16`, `q8_0`, `f32`).",
+      choices=("f16", "bf16", "q8_0", "f32")),
+    # 08_chat
+    P("chat_max_new_tokens", 64, "08", "Longest answer in the chat, in tokens.", minimum=1),
     # every notebook
     P("run_dir", "runs/lab", "all",
       "Run folder where each step leaves its results (relative: from the repository root; "
@@ -113,7 +131,7 @@ del P
 BY_NAME = {p.name: p for p in PARAMS}
 DEFAULTS = {p.name: p.default for p in PARAMS}
 STEPS = {"01": "01_load_model", "02": "02_lora", "03": "03_dataset", "04": "04_trainer",
-         "05": "05_train_and_save"}
+         "05": "05_train_and_save", "06": "06_evaluate", "07": "07_export", "08": "08_chat"}
 
 
 class ParameterError(ValueError):
@@ -214,6 +232,9 @@ def settle(run_dir: str | Path, namespace: dict) -> dict:
     merged = {**DEFAULTS, **{k: v for k, v in saved.items() if k in BY_NAME}, **given}
     merged["run_dir"] = str(folder)
     check(merged)
+    from helpers.checks import check_combinations
+
+    check_combinations(merged)
     rundir.write_json(folder / "params.json", merged)
     return merged
 

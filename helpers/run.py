@@ -8,6 +8,7 @@ Each executed notebook, the adapter, metrics.json and the plots land in the run 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,9 +29,29 @@ def parse_value(text: str):
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return numbers(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
+
+
+FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def numbers(value):
+    """YAML 1.1 reads 1e-4 (no dot) as a string; people mean the number."""
+    if isinstance(value, str) and FLOAT.fullmatch(value):
+        return float(value)
+    if isinstance(value, list):
+        return [numbers(v) for v in value]
+    return value
+
+
+def yaml_value(value) -> str:
+    """The inverse of parse_value: text that `-p NAME TEXT` reads back as `value`."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
 
 
 def default_run_dir(config: Path) -> Path:
@@ -120,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {name: parse_value(value) for name, value in args.parameter}
         P.check(overrides)
         values.update(overrides)
+        from helpers.checks import check_combinations
+
+        check_combinations({**P.DEFAULTS, **values})
         chosen = select(args.only)
         run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
         values["run_dir"] = str(run_dir)

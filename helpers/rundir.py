@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def _jsonable(value):
 def write_json(path: Path, data) -> None:
     """Write to a temporary name, then rename: a killed run never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
 
@@ -62,6 +63,22 @@ def update_metrics(run_dir: Path, **values) -> dict:
     metrics = {**read_json(path, default={}), **values}
     write_json(path, metrics)
     return metrics
+
+
+@contextmanager
+def building(final: Path):
+    """A temporary folder to write into; when the block ends without error it replaces `final`, else it
+    is removed. A killed process leaves only a `.NAME.partial` folder, never a half-written `final`."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

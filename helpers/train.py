@@ -1,9 +1,17 @@
-"""Step 5: train, measure, plot the loss, save the adapter, compare before and after."""
+"""Step 5: train, measure, plot the loss, save the adapter, compare before and after.
+
+Also a command line for training without notebooks, e.g. on several GPUs (one process each):
+
+    python -m helpers.train CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]...
+    accelerate launch --num_processes 2 --multi_gpu -m helpers.train CONFIG.yaml ...   (make train-multi)
+
+It does what notebooks 03 and 05 do (prepares the data if the run folder has none, trains with the
+same Session, saves adapter, log and metrics) with the same crash safety.
+"""
 from __future__ import annotations
 
 import math
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -83,20 +91,42 @@ class TokenCount:
         trainer.training_step = counted
 
 
-def run(trainer) -> dict:
-    """`trainer.train()` with the figures people quote: time, tokens/s, peak memory."""
+def run(trainer, params: dict | None = None) -> dict:
+    """`trainer.train()` with the figures people quote: time, tokens/s, peak memory.
+
+    With `params` (as 05 passes them) the training is crash-safe: it continues from the newest
+    complete checkpoint as `resume` asks, and SIGINT/SIGTERM save a checkpoint, then raise
+    TrainingInterrupted."""
     import torch
 
+    from helpers import checkpoints
+
+    resume = checkpoints.resume_from(params) if params else None
+    if params:
+        checkpoints.start(params, resuming=resume is not None)
+    stopper = checkpoints.callback()
+    trainer.add_callback(stopper)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     count = TokenCount(trainer)
     start = time.perf_counter()
-    result = trainer.train()
+    with checkpoints.signals_to(stopper):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
+    if stopper.signal:
+        raise checkpoints.TrainingInterrupted(
+            f"{stopper.signal} at step {trainer.state.global_step}: checkpoint saved in {stopper.saved_at}. "
+            f"Run the training again with this run_dir (resume 'auto') to continue from there.")
+    if params:
+        checkpoints.finish(params["run_dir"])
     tokens = count.tokens
-    return {"train_loss": float(result.training_loss), "train_runtime_s": seconds,
-            "train_steps": int(result.global_step), "train_tokens": int(tokens),
-            "tokens_per_s": tokens / seconds if seconds > 0 else math.nan, **peak_memory()}
+    _, losses = loss_history(trainer.state.log_history)
+    # after a resume the trainer averages only the steps it ran itself; the log holds all of them
+    train_loss = sum(losses) / len(losses) if resume and losses else float(result.training_loss)
+    return {"train_loss": train_loss, "final_step_loss": losses[-1] if losses else math.nan,
+            "train_runtime_s": seconds, "train_steps": int(result.global_step), "train_tokens": int(tokens),
+            "tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
+            "resumed_from": str(resume) if resume else None, **peak_memory()}
 
 
 def stats_table(stats: dict):
@@ -134,14 +164,19 @@ def plot_loss(log_history, before: float | None, after: float | None, path=None)
     return plots.finish(fig, path)
 
 
+def save_log_history(trainer, run_dir: Path) -> Path:
+    """The trainer's log (loss per step, learning rate, ...) as log_history.json, for helpers.compare."""
+    path = Path(run_dir) / "log_history.json"
+    rundir.write_json(path, trainer.state.log_history)
+    return path
+
+
 def save_adapter(model, tokenizer, run_dir: Path) -> Path:
     """adapter_model.safetensors + adapter_config.json + tokenizer files in run_dir/adapter, atomically."""
     final = Path(run_dir) / "adapter"
-    tmp = Path(run_dir) / ".adapter.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    rundir.replace_dir(tmp, final)
+    with rundir.building(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return final
 
 
@@ -151,3 +186,75 @@ def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], a
 
     return pd.DataFrame({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
                          "before": before, "after": after})
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    from helpers import checkpoints, checks, data, params as P
+    from helpers import model as models
+    from helpers import run as runner
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--run-dir", type=Path)
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = ap.parse_args(argv)
+    try:
+        values = P.load_config(args.config)
+        overrides = {name: runner.parse_value(value) for name, value in args.parameter}
+        P.check(overrides)
+        merged = {**P.DEFAULTS, **values, **overrides}
+        merged["run_dir"] = str(rundir.resolve(args.run_dir or values.get("run_dir")
+                                               or runner.default_run_dir(args.config)))
+        P.check(merged)
+        checks.check_combinations(merged)
+    except P.ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    state = PartialState()  # one process, or one per GPU under accelerate launch
+    run_dir = Path(merged["run_dir"])
+    if state.is_main_process:
+        rundir.write_json(run_dir / "params.json", merged)
+        if not (run_dir / "data" / "train.jsonl").exists():
+            prepared = data.prepare(merged, models.load_tokenizer(merged))
+            data.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]))
+    state.wait_for_everyone()
+    session = Session(merged)
+    try:
+        stats = run(session.trainer, merged)
+    except checkpoints.TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return 130
+    tokens = _sum_over_processes(stats["train_tokens"])
+    stats.update(world_size=state.num_processes, train_tokens=tokens,
+                 tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan)
+    if state.is_main_process:
+        save_adapter(session.model, session.tokenizer, run_dir)
+        save_log_history(session.trainer, run_dir)
+        rundir.update_metrics(run_dir, **stats)
+        print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
+              f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; {run_dir}")
+    return 0
+
+
+def _sum_over_processes(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    total = torch.tensor([value], device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -17,14 +17,7 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
 
     import torch
 
-    from helpers.model import choose_attention, choose_backend
-    from helpers.params import ParameterError
-
     gpu = torch.cuda.is_available()
-    if params["packing"] and choose_backend(params["backend"]) != "unsloth" \
-            and choose_attention(params["attn_implementation"]) != "flash_attention_2":
-        raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
-                             "SDPA on the transformers path, packed samples would attend to each other.")
     differences = []
     kwargs = {name: params[name] for name in SEED_ARGUMENTS}
     kwargs.update(
@@ -35,9 +28,12 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
         # The post enables checkpointing through get_peft_model (step 02), not in the trainer;
         # TRL's own default (on) would add a second, slower layer of recomputation.
         gradient_checkpointing=False,
-        save_strategy="no",
+        save_strategy="steps",  # checkpoints for resuming (helpers.checkpoints marks them complete)
+        save_steps=params["save_steps"],
+        save_total_limit=params["save_total_limit"],
         eval_strategy="no",  # 05 evaluates explicitly, before and after training
         report_to="none",
+        ddp_find_unused_parameters=False,  # several GPUs: every LoRA weight gets a gradient every step
         disable_tqdm=False,
     )
     if gpu:

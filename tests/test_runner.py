@@ -18,18 +18,38 @@ def runner(*args, env=None, timeout=900):
                           text=True, timeout=timeout, env=env)
 
 
+FAKE_TOKEN = "hf_FAKEtokenForTheLeakTest0123456789abcdef"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The whole chain, with a (fake) hub token in the environment, as a user with a token has."""
+    import os
+
     run_dir = tmp_path_factory.mktemp("smoke")
-    result = runner("configs/smoke.yaml", "--run-dir", run_dir)
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "HUGGING_FACE_HUB_TOKEN": FAKE_TOKEN}
+    result = runner("configs/smoke.yaml", "--run-dir", run_dir, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return run_dir, result
 
 
 @pytest.mark.slow
+def test_hub_token_lands_nowhere(smoke_run):
+    """Not in any executed notebook, log, metrics, config, adapter or merged file of the run folder."""
+    run_dir, result = smoke_run
+    token = FAKE_TOKEN.encode()
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert len(files) > 20  # notebooks, params, metrics, adapter, merged model, plots, ...
+    leaks = [str(p) for p in files if token in p.read_bytes()]
+    assert leaks == []
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
 def test_smoke_run_leaves_every_artifact(smoke_run):
     run_dir, result = smoke_run
-    for name in ("01_load_model", "02_lora", "03_dataset", "04_trainer", "05_train_and_save"):
+    for name in ("01_load_model", "02_lora", "03_dataset", "04_trainer", "05_train_and_save", "06_evaluate",
+                 "07_export", "08_chat"):
         assert (run_dir / f"{name}.ipynb").exists()
         assert f"{name} ... ok" in result.stdout  # one progress line per notebook
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
@@ -44,6 +64,15 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     assert metrics["train_steps"] == 4
     params = json.loads((run_dir / "params.json").read_text())
     assert params["max_steps"] == 4 and params["max_seq_length"] == 128  # the config reached every step
+    assert len(json.loads((run_dir / "log_history.json").read_text())) >= 4  # for helpers.compare
+    # 06: base vs fine-tuned on the held-out rows, and the side-by-side answers
+    assert metrics["eval_loss_finetuned"] < metrics["eval_loss_base"]
+    assert metrics["perplexity_finetuned"] == pytest.approx(math.exp(metrics["eval_loss_finetuned"]))
+    evaluation = (run_dir / "evaluation.csv").read_text().splitlines()
+    assert evaluation[0] == "prompt,reference,base model,fine-tuned" and len(evaluation) >= 3
+    # 07: merged safetensors that plain transformers loaded, logits within 1e-3 of the adapter model's
+    assert metrics["merged_check"]["ok"] and metrics["merged_check"]["max_abs_logit_diff"] <= 1e-3
+    assert (run_dir / "merged" / "model.safetensors").exists() and not (run_dir / "merged" / "adapter_config.json").exists()
 
 
 @pytest.mark.slow
@@ -147,3 +176,12 @@ def test_unusable_file_exits_nonzero_naming_it_and_leaves_no_split(tmp_path, con
     assert f"DatasetError: {path}" in result.stderr and message in result.stderr
     assert not (run_dir / "data").exists() and not (run_dir / ".data.partial").exists()
 
+
+
+def test_values_are_read_as_yaml_with_exponent_floats():
+    from helpers.run import parse_value, yaml_value
+
+    assert parse_value("1e-4") == 1e-4 and parse_value("[q_proj, v_proj]") == ["q_proj", "v_proj"]
+    assert parse_value("true") is True and parse_value("null") is None and parse_value("8") == 8
+    for value in (2e-4, "bundled:SmolLM2-135M-Instruct", ["a", "b"], None, False):
+        assert parse_value(yaml_value(value)) == value

@@ -43,13 +43,3 @@ def test_config_table_shows_effective_batch(tmp_path):
     assert table.loc["effective batch size", "value"] == 8
     assert table.loc["samples seen in training", "value"] == 8 * DEFAULTS["max_steps"]
 
-
-def test_packing_refused_where_samples_would_attend_to_each_other(tmp_path):
-    import torch
-
-    from helpers.params import ParameterError
-
-    if torch.cuda.is_available():
-        pytest.skip("CPU behaviour")
-    with pytest.raises(ParameterError, match="'packing' = True needs the unsloth backend or flash-attn"):
-        trainer.training_config({**DEFAULTS, "packing": True}, tmp_path)

@@ -1,0 +1,91 @@
+"""Checks that look at several parameters together, or at this machine and the model's config.
+
+`params.check` looks at each value alone (name, type, range, choices); this module runs right after
+it, still before any model loads or any notebook starts, so that a run that cannot work stops in a
+second with a message naming the parameter, the value and what is allowed, rather than minutes
+(or hours) in.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from helpers.params import ParameterError
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def model_config(model_name: str) -> dict | None:
+    """The model's config.json where it can be read without downloading or converting anything."""
+    from helpers import model as models
+
+    if model_name.startswith(models.BUNDLED_PREFIX):
+        folder = models.cache_dir() / f"{model_name[len(models.BUNDLED_PREFIX):]}-v{models.CONVERSION_VERSION}"
+    else:
+        folder = Path(model_name).expanduser()
+    path = folder / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_combinations(params: dict, gpu: bool | None = None) -> dict:
+    """Raise ParameterError for a combination that cannot run here; return params unchanged."""
+    gpu = gpu_available() if gpu is None else gpu
+    backend = params["backend"]
+    if backend == "unsloth" and not gpu:
+        raise ParameterError("Parameter 'backend' = 'unsloth' needs an NVIDIA GPU, and this machine has none. "
+                             "Use backend 'auto' (transformers + peft on a CPU) or 'hf'.")
+    if backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
+        raise ParameterError("Parameter 'backend' = 'unsloth': the unsloth package is not installed "
+                             "(make setup installs it where nvidia-smi finds a GPU). Use backend 'auto' or 'hf'.")
+    if params["load_in_4bit"] and not gpu and backend == "hf":
+        # backend 'auto' on a CPU runs the post's recipe in full precision and says so (01's table);
+        # naming the transformers backend explicitly asks for bitsandbytes' 4-bit, which a CPU lacks.
+        raise ParameterError("Parameter 'load_in_4bit' = True with backend 'hf' needs an NVIDIA GPU "
+                             "(bitsandbytes 4-bit kernels), and this machine has none. Set load_in_4bit false, "
+                             "or backend 'auto' to load in full precision on this CPU.")
+    if params["dtype"] in ("float16", "bfloat16") and not gpu:
+        raise ParameterError(f"Parameter 'dtype' = '{params['dtype']}' on a CPU: 16-bit matrix products run "
+                             f"many times slower than float32 here. Use dtype None (float32 on a CPU) or float32.")
+    if params["warmup_steps"] > params["max_steps"]:
+        raise ParameterError(f"Parameter 'warmup_steps' = {params['warmup_steps']} is more than max_steps = "
+                             f"{params['max_steps']}: the learning rate would never reach its peak. Expected "
+                             f"warmup_steps <= max_steps.")
+    if params["train_on_responses_only"] and params["dataset_format"] == "text":
+        raise ParameterError("Parameter 'train_on_responses_only' = True needs turns to tell prompts from "
+                             "answers, and dataset_format 'text' has none. Use a format with turns or set it False.")
+    if params["packing"]:
+        from helpers.model import choose_attention, choose_backend
+
+        if choose_backend(backend) != "unsloth" and choose_attention(params["attn_implementation"]) != "flash_attention_2":
+            raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
+                                 "SDPA on the transformers path, packed samples would attend to each other.")
+    _check_trainer_names(params)
+    config = model_config(params["model_name"])
+    if config and config.get("max_position_embeddings"):
+        limit = config["max_position_embeddings"]
+        if params["max_seq_length"] > limit:
+            raise ParameterError(f"Parameter 'max_seq_length' = {params['max_seq_length']} is over the model's "
+                                 f"limit: {params['model_name']} has max_position_embeddings = {limit}. "
+                                 f"Expected max_seq_length <= {limit}.")
+    return params
+
+
+def _check_trainer_names(params: dict) -> None:
+    """`optim` and `lr_scheduler_type` must be names that transformers knows."""
+    import difflib
+
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for name, known in (("optim", [o.value for o in OptimizerNames]),
+                        ("lr_scheduler_type", [s.value for s in SchedulerType])):
+        if params[name] not in known:
+            near = difflib.get_close_matches(params[name], known, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise ParameterError(f"Parameter '{name}' = '{params[name]}' is not a name transformers knows.{hint} "
+                                 f"Known: {', '.join(sorted(known)[:12])}, ...")

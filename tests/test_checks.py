@@ -1,0 +1,85 @@
+"""Every validation rule that looks at parameters together, or at the machine and the model's config:
+each raises before any model loads, naming the parameter, the value and what is allowed."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import checks
+from helpers.params import DEFAULTS, ParameterError
+
+REPO = checks.Path(__file__).resolve().parent.parent
+
+
+def rejects(match, gpu=False, **changes):
+    with pytest.raises(ParameterError, match=match):
+        checks.check_combinations({**DEFAULTS, **changes}, gpu=gpu)
+
+
+def test_the_defaults_pass_on_a_cpu_and_on_a_gpu():
+    assert checks.check_combinations(dict(DEFAULTS), gpu=False)
+    assert checks.check_combinations({**DEFAULTS, "backend": "hf"} | {"load_in_4bit": False}, gpu=False)
+
+
+def test_unsloth_needs_a_gpu():
+    rejects(r"'backend' = 'unsloth' needs an NVIDIA GPU, and this machine has none", backend="unsloth")
+
+
+def test_4bit_with_the_transformers_backend_needs_a_gpu():
+    rejects(r"'load_in_4bit' = True with backend 'hf' needs an NVIDIA GPU.*Set load_in_4bit false, or backend "
+            r"'auto'", backend="hf", load_in_4bit=True)
+    # backend auto: the post's recipe runs in full precision on a CPU, and 01 says so
+    assert checks.check_combinations({**DEFAULTS, "backend": "auto", "load_in_4bit": True}, gpu=False)
+
+
+def test_16_bit_dtype_on_a_cpu():
+    rejects(r"'dtype' = 'bfloat16' on a CPU", dtype="bfloat16")
+
+
+def test_warmup_longer_than_training():
+    rejects(r"'warmup_steps' = 30 is more than max_steps = 10", warmup_steps=30, max_steps=10)
+
+
+def test_responses_only_needs_turns():
+    rejects(r"'train_on_responses_only' = True needs turns", train_on_responses_only=True, dataset_format="text")
+
+
+def test_packing_where_samples_would_attend_to_each_other():
+    rejects(r"'packing' = True needs the unsloth backend or flash-attn", packing=True, backend="hf", load_in_4bit=False)
+
+
+def test_unknown_optimizer_and_schedule_get_suggestions():
+    rejects(r"'optim' = 'adamw_8bits' is not a name transformers knows. Did you mean 'adamw_8bit'", optim="adamw_8bits")
+    rejects(r"'lr_scheduler_type' = 'linaer' is not a name transformers knows. Did you mean 'linear'",
+            lr_scheduler_type="linaer")
+
+
+def test_max_seq_length_over_the_models_limit(tiny_model_dir):
+    limit = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    rejects(rf"'max_seq_length' = {limit + 1} is over the model's limit: .* max_position_embeddings = {limit}",
+            model_name=str(tiny_model_dir), max_seq_length=limit + 1)
+    assert checks.check_combinations({**DEFAULTS, "model_name": str(tiny_model_dir), "max_seq_length": limit},
+                                      gpu=False)
+
+
+def test_batch_size_below_one_is_a_range_error():
+    from helpers import params
+
+    with pytest.raises(ParameterError, match=r"'per_device_train_batch_size' = 0 is below its minimum 1"):
+        params.check({"per_device_train_batch_size": 0})
+
+
+def test_the_runner_checks_combinations_before_any_notebook(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
+                             "-p", "warmup_steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "'warmup_steps' = 50 is more than max_steps = 4" in result.stderr
+    assert not list(tmp_path.glob("*.ipynb"))
+
+
+def test_notebooks_check_when_run_alone(tmp_path):
+    """params.settle (the first cell of every notebook) runs the same checks."""
+    from helpers import params
+
+    with pytest.raises(ParameterError, match="'warmup_steps' = 50"):
+        params.settle(tmp_path, {"warmup_steps": 50, "max_steps": 4})

@@ -1,0 +1,105 @@
+"""Crash-safe training through `python -m helpers.train` (what notebook 05 and `make train-multi` run):
+a SIGKILLed run resumes to the same result as an uninterrupted one; SIGTERM saves a checkpoint first."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import checkpoints
+
+REPO = checkpoints.rundir.REPO_ROOT
+pytestmark = pytest.mark.slow
+
+# The bundled model on short rows: slow enough (about a second a step) to be killed mid-run.
+CONFIG = """model_name: bundled:SmolLM2-135M-Instruct
+max_seq_length: 64
+on_long_rows: drop
+max_rows: 60
+eval_fraction: 0.1
+per_device_train_batch_size: 2
+gradient_accumulation_steps: 1
+warmup_steps: 1
+max_steps: 8
+learning_rate: 0.001
+save_steps: 2
+save_total_limit: 2
+logging_steps: 1
+"""
+
+
+@pytest.fixture
+def config(tmp_path, bundled_dir):
+    path = tmp_path / "crash.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def train_cmd(config, run_dir):
+    return [sys.executable, "-m", "helpers.train", str(config), "--run-dir", str(run_dir)]
+
+
+def wait_for(predicate, process, timeout=300):
+    start = time.time()
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(config, tmp_path):
+    whole = tmp_path / "whole"
+    done = subprocess.run(train_cmd(config, whole), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(config, killed), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: bool(checkpoints.complete(killed)), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "adapter").exists()  # nothing that looks like a finished result
+    first = checkpoints.complete(killed)[-1]
+
+    resumed = subprocess.run(train_cmd(config, killed), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = metrics(whole), metrics(killed)
+    assert b["resumed_from"] is not None and int(b["resumed_from"].rsplit("-", 1)[1]) >= int(first.name.split("-")[1])
+    assert a["train_steps"] == b["train_steps"] == 8
+    assert abs(a["final_step_loss"] - b["final_step_loss"]) < 1e-3
+    assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
+    steps = [e["step"] for e in json.loads((killed / "log_history.json").read_text()) if "loss" in e]
+    assert steps == list(range(1, 9))  # the log carries over the steps before the kill
+
+
+def test_sigterm_saves_a_checkpoint_before_stopping(config, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ}
+    proc = subprocess.Popen(train_cmd(config, run_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    # training has started once it recorded its parameters; let it take a step or so (no checkpoint yet)
+    wait_for(lambda: (run_dir / "checkpoints" / "run.json").exists(), proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "SIGTERM at step" in err and "checkpoint saved in" in err
+    saved = checkpoints.complete(run_dir)
+    assert saved, "no complete checkpoint after SIGTERM"
+    assert not json.loads((run_dir / "checkpoints" / "run.json").read_text())["finished"]
+    resumed = subprocess.run(train_cmd(config, run_dir), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(run_dir)["train_steps"] == 8 and metrics(run_dir)["resumed_from"].endswith(saved[-1].name)
+
+
+def test_resume_true_without_a_checkpoint_is_an_error(config, tmp_path):
+    result = subprocess.run(train_cmd(config, tmp_path / "run") + ["-p", "resume", "true"], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0 and "'resume' = True, but" in result.stderr

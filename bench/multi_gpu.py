@@ -5,8 +5,9 @@
 
 Makes a random-init checkpoint (bench/gpu_training.py's shapes) and a dataset of long plain-text rows,
 then for each backend trains `--steps` optimizer steps with the same per-device batch on 1 and on 2
-GPUs (so 2 GPUs see twice the rows per step). Reports tokens/s (all processes, whole training time)
-and the ratio. Needs 2 NVIDIA GPUs.
+GPUs (so 2 GPUs see twice the rows per step), after one short warm-up run per backend (kernel
+compilation and caches). Reports steady tokens/s (all processes; the first 20% of micro-batches left
+out) and the ratio. Needs 2 NVIDIA GPUs.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def train(cfg: Path, run_dir: Path, backend: str, gpus: int) -> dict:
     if out.returncode != 0:
         return {"backend": backend, "gpus": gpus, "error": out.stderr[-1500:]}
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"backend": backend, "gpus": gpus, "tokens_per_s": m["tokens_per_s"], "train_tokens": m["train_tokens"],
+    return {"backend": backend, "gpus": gpus, "tokens_per_s": m["tokens_per_s_steady"],
+            "tokens_per_s_whole_run": m["tokens_per_s"], "train_tokens": m["train_tokens"],
             "train_runtime_s": m["train_runtime_s"], "world_size": m.get("world_size"),
             "final_step_loss": m.get("final_step_loss"), "peak_memory_gib": m.get("peak_memory_gib")}
 
@@ -82,6 +84,9 @@ def main() -> None:
     ckpt = make_checkpoint(args.work / f"llama-{args.size}", args.size)
     cfg = config(args.work / "multi.yaml", ckpt, make_data(args.work / "long.jsonl"), args.steps)
     results = []
+    for backend in args.backends:  # warm-up: kernel compilation and caches, not measured
+        warm = config(args.work / "warm.yaml", ckpt, args.work / "long.jsonl", 4)
+        train(warm, args.work / f"warm-{backend}", backend, 2)
     for backend in args.backends:
         for gpus in (1, 2):
             r = train(cfg, args.work / f"run-{backend}-{gpus}", backend, gpus)

@@ -80,15 +80,26 @@ class TokenCount:
 
     def __init__(self, trainer):
         self.tokens = 0
+        self.clock: list[tuple[float, int]] = []  # (time, tokens so far) after each micro-batch
         step = trainer.training_step
 
         def counted(model, inputs, *args, **kwargs):
             mask = inputs.get("attention_mask")
             # padding-free / packed batches carry no attention mask: every token is real
             self.tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-            return step(model, inputs, *args, **kwargs)
+            out = step(model, inputs, *args, **kwargs)
+            self.clock.append((time.perf_counter(), self.tokens))
+            return out
 
         trainer.training_step = counted
+
+    def steady_rate(self, skip: float = 0.2) -> float:
+        """Tokens/s after the first `skip` share of the micro-batches (kernel compilation, caches and
+        allocator warm-up land there), for comparing machines and GPU counts."""
+        if len(self.clock) < 5:
+            return math.nan
+        (t0, n0), (t1, n1) = self.clock[int(len(self.clock) * skip)], self.clock[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else math.nan
 
 
 def run(trainer, params: dict | None = None) -> dict:
@@ -126,7 +137,8 @@ def run(trainer, params: dict | None = None) -> dict:
     return {"train_loss": train_loss, "final_step_loss": losses[-1] if losses else math.nan,
             "train_runtime_s": seconds, "train_steps": int(result.global_step), "train_tokens": int(tokens),
             "tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
-            "resumed_from": str(resume) if resume else None, **peak_memory()}
+            "tokens_per_s_steady": count.steady_rate(), "resumed_from": str(resume) if resume else None,
+            **peak_memory()}
 
 
 def stats_table(stats: dict):
@@ -231,7 +243,8 @@ def main(argv=None) -> int:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         return 130
     tokens = _sum_over_processes(stats["train_tokens"])
-    stats.update(world_size=state.num_processes, train_tokens=tokens,
+    steady = _sum_over_processes(stats["tokens_per_s_steady"])  # every process trains its own rows
+    stats.update(world_size=state.num_processes, train_tokens=tokens, tokens_per_s_steady=steady,
                  tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan)
     if state.is_main_process:
         save_adapter(session.model, session.tokenizer, run_dir)
@@ -242,16 +255,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _sum_over_processes(value: int) -> int:
+def _sum_over_processes(value):
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return value
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    total = torch.tensor([value], device=device)
+    total = torch.tensor([float(value)], device=device, dtype=torch.float64)
     dist.all_reduce(total)
-    return int(total.item())
+    return type(value)(total.item())
 
 
 if __name__ == "__main__":

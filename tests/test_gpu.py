@@ -38,6 +38,12 @@ def test_smoke_chain_on_gpu(tmp_path, tiny_model_dir):
     assert metrics["peak_memory_kind"] == "cuda_max_memory_reserved"
     assert metrics["tokens_per_s"] > 0 and metrics["train_tokens"] > 0  # unsloth logs no num_tokens
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    # 06-08 on the unsloth backend: evaluation, both merged saves (checked without peft), chat
+    assert metrics["eval_loss_finetuned"] < metrics["eval_loss_base"]
+    assert metrics["merged_check"]["ok"] and metrics["merged_check"]["export_dtype"] in ("bfloat16", "float16")
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert any((tmp_path / "merged_unsloth").glob("*.safetensors"))
+    assert (tmp_path / "08_chat.ipynb").exists()
 
 
 def test_packing_keeps_samples_apart(tiny_params):

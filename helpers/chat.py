@@ -40,11 +40,13 @@ def stream(model, tokenizer, messages: list[dict], max_new_tokens: int, show=pri
     import torch
     from transformers import TextIteratorStreamer
 
+    from helpers.generate import prompt_batch, stop_ids
+
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    inputs = prompt_batch(tokenizer, [prompt], next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,
-                  pad_token_id=tokenizer.pad_token_id)
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer, model))
     start = time.perf_counter()
     errors = []
 

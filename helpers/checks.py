@@ -7,8 +7,10 @@ second with a message naming the parameter, the value and what is allowed, rathe
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 from helpers.params import ParameterError
@@ -20,16 +22,70 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def model_config(model_name: str) -> dict | None:
-    """The model's config.json where it can be read without downloading or converting anything."""
+def model_folder(model_name: str) -> Path:
     from helpers import model as models
 
     if model_name.startswith(models.BUNDLED_PREFIX):
-        folder = models.bundled_cache_folder(model_name[len(models.BUNDLED_PREFIX):])
-    else:
-        folder = Path(model_name).expanduser()
-    path = folder / "config.json"
+        return models.bundled_cache_folder(model_name[len(models.BUNDLED_PREFIX):])
+    return Path(model_name).expanduser()
+
+
+def model_config(model_name: str) -> dict | None:
+    """The model's config.json where it can be read without downloading or converting anything."""
+    path = model_folder(model_name) / "config.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def check_sources(params: dict) -> None:
+    """A local model folder or dataset file that does not exist is an error now, not after minutes of
+    loading (a name shaped like a hub id, `org/name`, is left to the hub)."""
+    from helpers import data_read
+    from helpers import model as models
+
+    name = params["model_name"]
+    if not name.startswith(models.BUNDLED_PREFIX) and not HUB_ID.fullmatch(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ParameterError(f"Parameter 'model_name' = '{name}': no such folder. Expected a saved model "
+                                 f"folder (with config.json), a hub id such as unsloth/Meta-Llama-3.1-8B-bnb-4bit, "
+                                 f"or {models.BUNDLED_PREFIX}SmolLM2-135M-Instruct.")
+    try:
+        data_read.locate(params["dataset"])
+    except data_read.DatasetError as e:
+        raise ParameterError(str(e)) from None
+
+
+def check_target_modules(params: dict) -> None:
+    """Every `target_modules` entry must name linear layers of the model; checked on the model's
+    skeleton (built from config.json on PyTorch's meta device: no weights, well under a second)."""
+    names = linear_layer_names(model_folder(params["model_name"]))
+    if names is None:
+        return  # no local config to read (a hub id offline, or the bundled model before its conversion)
+    unknown = [m for m in params["target_modules"] if m not in names]
+    if unknown:
+        raise ParameterError(f"Parameter 'target_modules' names {unknown}, which are no layers of "
+                             f"{params['model_name']}: LoRA would leave them out silently. Its linear layers: "
+                             f"{sorted(names)}.")
+
+
+@functools.lru_cache(maxsize=8)
+def _linear_layer_names(config_path: str, mtime: float) -> frozenset:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(Path(config_path).parent)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return frozenset(name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules()
+                     if isinstance(module, torch.nn.Linear) and name)
+
+
+def linear_layer_names(folder: Path) -> frozenset | None:
+    path = Path(folder) / "config.json"
+    return _linear_layer_names(str(path), path.stat().st_mtime) if path.exists() else None
 
 
 def check_combinations(params: dict, gpu: bool | None = None) -> dict:
@@ -65,6 +121,8 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
             raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
                                  "SDPA on the transformers path, packed samples would attend to each other.")
     _check_trainer_names(params)
+    check_sources(params)
+    check_target_modules(params)
     config = model_config(params["model_name"])
     if config and config.get("max_position_embeddings"):
         limit = config["max_position_embeddings"]

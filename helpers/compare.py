@@ -15,8 +15,8 @@ from pathlib import Path
 
 from helpers import rundir
 
-COLUMNS = [("train_loss", "train loss"), ("eval_loss_before", "held-out loss before"),
-           ("eval_loss_after", "held-out loss after"), ("perplexity_finetuned", "perplexity (06)"),
+COLUMNS = [("train_loss", "train loss"), ("eval_loss_base", "held-out loss before"),
+           ("eval_loss_finetuned", "held-out loss after"), ("perplexity_finetuned", "perplexity after"),
            ("tokens_per_s", "tokens/s"), ("train_runtime_s", "training s")]
 IGNORED = {"run_dir"}  # differs between every two runs by construction
 
@@ -51,7 +51,7 @@ def label(run: dict, names: list[str]) -> str:
 
 def ranked(runs: list[dict]) -> list[dict]:
     def key(r):
-        value = r["metrics"].get("eval_loss_after")
+        value = r["metrics"].get("eval_loss_finetuned")
         return (value is None, value if value is not None else r["metrics"]["train_loss"])
     return sorted(runs, key=key)
 
@@ -76,7 +76,7 @@ def plot(runs: list[dict], path=None):
     fig, ax = plots.new_figure()
     for run in ranked(runs):
         line, = ax.plot(run["steps"], run["losses"], label=label(run, names))
-        after = run["metrics"].get("eval_loss_after")
+        after = run["metrics"].get("eval_loss_finetuned")
         if after is not None:
             ax.axhline(after, color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xlabel("optimizer step")

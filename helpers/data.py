@@ -4,19 +4,31 @@ Nothing here trains; everything that can be wrong with the data is found here, b
 loaded for training: unreadable lines, missing or empty fields, wrong types, turns that don't
 alternate, duplicates, rows longer than `max_seq_length`. Bad rows are skipped and counted
 (`on_bad_rows: skip`) or stop the step (`fail`); the report lands in the notebook and in
-`data_report.json`. The prepared split (`data/train.jsonl`, `data/eval.jsonl`) holds, per row, the
-rendered text, the character spans of the answers, and the messages.
+`data_report.json`.
+
+At the post's size (210k rows) the costs that matter are tokenizing and copying text, so rows are
+tokenized here once, in batches on all cores, and the prepared split (`data/train.arrow`,
+`data/eval.arrow`, Arrow files that steps 5 and 6 memory-map) holds per row the rendered text and its
+token ids, truncated to `max_seq_length` (plus the loss labels with `train_on_responses_only`, and the
+messages of held-out rows, from which prompts are made). `data/meta.json` records what the ids depend
+on, so a later step can tell when 03 must run again.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import random
 import shutil
+from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from helpers import data_read, formats, rundir
+import numpy as np
+
+from helpers import data_read, formats, progress, rundir
 from helpers.data_read import DatasetError
 
 __all__ = ["DatasetError", "prepare", "split", "save_split", "load_split"]
@@ -40,12 +52,13 @@ class Report:
 
 @dataclass
 class Prepared:
-    rows: list[dict]      # {"text", "spans", "messages" (absent for plain text)}
+    rows: list[dict]      # {"text", "input_ids", and "messages" (chat formats), "spans" + "labels" (responses only)}
     lengths: list[int]    # tokens per kept row before any truncation
     report: Report
 
 
 SHOWN_PROBLEMS = 50
+CHUNK = 4096  # rows rendered and tokenized per batch: large enough for all cores, small enough for memory
 
 
 def prepare(params: dict, tokenizer) -> Prepared:
@@ -98,13 +111,16 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
         except formats.RowProblem as e:
             problems.append(data_read.Problem(record.ordinal, record.where, e.reason, e.detail))
             continue
-        key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+        # a 16-byte digest per row, not a second copy of every row's text
+        key = hashlib.blake2b((messages if isinstance(messages, str) else json.dumps(messages, sort_keys=True,
+                              ensure_ascii=False)).encode(), digest_size=16).digest()
         if key in seen:
             problems.append(data_read.Problem(record.ordinal, record.where, "duplicate",
                                               f"exact duplicate of {seen[key]}"))
             continue
         seen[key] = record.where
-        converted.append((record, messages))
+        converted.append((record.ordinal, record.where, messages))
+    del raw.records[:]  # the parsed file is no longer needed; at 210k rows it is hundreds of MB
 
     if params["on_bad_rows"] == "fail" and problems:
         problems.sort(key=lambda p: p.ordinal)
@@ -115,38 +131,56 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
     rows, lengths, truncated = [], [], 0
     if converted:
         report.template = _template(tokenizer, fmt)
-        rendered = [_render(tokenizer, messages, raw.source, record.where) for record, messages in converted]
-        encodings = encode(tokenizer, [text for text, _ in rendered])
-        limit = params["max_seq_length"]
-        for (record, messages), (text, spans), (_, offsets) in zip(converted, rendered, encodings):
-            n = len(offsets)
+    limit = params["max_seq_length"]
+    for chunk_start in range(0, len(converted), CHUNK):
+        chunk = converted[chunk_start:chunk_start + CHUNK]
+        rendered = [_render(tokenizer, messages, raw.source, where, responses_only) for _, where, messages in chunk]
+        encodings = encode(tokenizer, [text for text, _ in rendered], offsets=responses_only)
+        if not responses_only and params["on_long_rows"] == "truncate":  # offsets only where a row is cut
+            long = [i for i, (ids, _) in enumerate(encodings) if len(ids) > limit]
+            for i, again in zip(long, encode(tokenizer, [rendered[i][0] for i in long], offsets=True)):
+                encodings[i] = again
+        for (ordinal, where, messages), (text, spans), (ids, offsets) in zip(chunk, rendered, encodings):
+            n = len(ids)
             if n > limit:
                 if params["on_long_rows"] == "drop":
-                    problems.append(data_read.Problem(record.ordinal, record.where, "too long",
+                    problems.append(data_read.Problem(ordinal, where, "too long",
                                                       f"{n} tokens > max_seq_length {limit}"))
                     continue
                 cut = offsets[limit - 1][1]
-                spans = [(s, min(e, cut)) for s, e in spans if s < cut]
-                if responses_only and not spans:
-                    problems.append(data_read.Problem(
-                        record.ordinal, record.where, "no answer within max_seq_length",
-                        f"the prompt alone fills the first {limit} tokens, so nothing would be learned"))
-                    continue
-                text, truncated = text[:cut], truncated + 1
-            row = {"text": text, "spans": [list(s) for s in spans]}
+                if spans is not None:
+                    spans = [(s, min(e, cut)) for s, e in spans if s < cut]
+                    if not spans:
+                        problems.append(data_read.Problem(
+                            ordinal, where, "no answer within max_seq_length",
+                            f"the prompt alone fills the first {limit} tokens, so nothing would be learned"))
+                        continue
+                text, ids, offsets, truncated = text[:cut], ids[:limit], offsets[:limit], truncated + 1
+            # array('i'): 4 bytes a token, where a list would take 8 plus an int object each
+            row = {"text": text, "input_ids": array("i", ids)}
+            if spans is not None:
+                row["spans"] = [list(s) for s in spans]
+                row["labels"] = array("i", answer_labels(ids, offsets, spans))
             if not isinstance(messages, str):
                 row["messages"] = messages
             rows.append(row)
             lengths.append(n)
+        progress.note(rows=chunk_start + len(chunk), of=len(converted), what="rows checked and tokenized")
 
     problems.sort(key=lambda p: p.ordinal)
     report.kept, report.truncated = len(rows), truncated
     report.dropped = dict(Counter(p.reason for p in problems).most_common())
     report.problems = [asdict(p) for p in problems[:SHOWN_PROBLEMS]]
+    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none"
     if not rows:
-        dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none"
-        raise DatasetError(f"{raw.source}: no usable rows (read {raw.rows_read}, dropped: {dropped}). Nothing to "
+        raise DatasetError(f"{raw.source}: no usable rows (read {report.rows_read}, dropped: {dropped}). Nothing to "
                            f"train on; the report lists the first bad rows.")
+    if held_out_count(len(rows), params["eval_fraction"]) >= len(rows):
+        # e.g. every OIG row broken but one, which auto-detection then reads as plain text
+        raise DatasetError(f"{raw.source}: only {len(rows)} usable row{'s' * (len(rows) > 1)} (read "
+                           f"{report.rows_read}, dropped: {dropped}; read as format '{fmt}', {why}): too few to "
+                           f"hold out {params['eval_fraction']:.0%} and still train. Fix the file (the report lists "
+                           f"the first bad rows), or lower eval_fraction.")
     return Prepared(rows, lengths, report)
 
 
@@ -158,52 +192,83 @@ def _template(tokenizer, fmt: str) -> str:
     return "the tokenizer's chat template"
 
 
-def _render(tokenizer, messages, source: str, where: str):
+def _render(tokenizer, messages, source: str, where: str, spans: bool = True):
+    """(text, answer spans or None). The spans cost a render per turn, so they are found only where
+    the loss needs them (`train_on_responses_only`)."""
     try:
+        if not spans:
+            return formats.render_text(tokenizer, messages), None
         return formats.render(tokenizer, messages)
     except Exception as e:  # a template can raise anything (jinja errors, its own raise_exception)
         raise DatasetError(f"{source}, {where}: the chat template cannot render this row: {e}") from None
 
 
-def encode(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """(token ids, character offsets) per text. A BOS token is added only where the tokenizer adds one
-    and the rendered text does not already start with it (chat templates often write it)."""
-    bos = tokenizer.bos_token
-    out = []
-    for text in texts:
-        add = not (bos and text.startswith(bos))
-        enc = tokenizer(text, add_special_tokens=add, return_offsets_mapping=True)
-        out.append((enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]))
+def encode(tokenizer, texts: list[str], offsets: bool = False) -> list[tuple[list[int], list | None]]:
+    """(token ids, character offsets or None) per text, through the tokenizer's batch path on all cores.
+    A BOS token is added only where the tokenizer adds one and the text does not already start with it
+    (chat templates often write it); generation prompts follow the same rule (`add_bos`)."""
+    out: list = [None] * len(texts)
+    groups: dict[bool, list[int]] = {}
+    for i, text in enumerate(texts):
+        groups.setdefault(add_bos(tokenizer, text), []).append(i)
+    with parallel_tokenizer():
+        for add, where in groups.items():
+            for i, pair in zip(where, _encode_batch(tokenizer, [texts[i] for i in where], add, offsets)):
+                out[i] = pair
     return out
 
 
-def training_dataset(rows: list[dict], tokenizer, max_seq_length: int, responses_only: bool, name: str = "train"):
-    """A pre-tokenized `datasets.Dataset` (input_ids, labels) for SFTTrainer. With `responses_only`, labels
-    outside the answers' spans are -100, so only answer tokens count in the loss."""
-    from datasets import Dataset
+def _encode_batch(tokenizer, texts: list[str], add_special_tokens: bool, offsets: bool):
+    """The Rust tokenizer itself where it is set up plainly (no truncation or padding of its own): it
+    skips transformers' per-row conversion, a sixth of the time at 210k rows."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        enc = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=offsets,
+                        return_attention_mask=False)
+        return zip(enc["input_ids"], enc["offset_mapping"] if offsets else [None] * len(texts))
+    if offsets:
+        return ((e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=add_special_tokens))
+    return ((e.ids, None) for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens))
 
-    input_ids, labels = [], []
-    for i, (row, (ids, offsets)) in enumerate(zip(rows, encode(tokenizer, [r["text"] for r in rows])), start=1):
-        ids, offsets = ids[:max_seq_length], offsets[:max_seq_length]
-        if responses_only:
-            spans = row["spans"]
-            row_labels = [t if any(s <= a < e for s, e in spans) and b > a else -100
-                          for t, (a, b) in zip(ids, offsets)]
-            if all(x == -100 for x in row_labels):
-                raise DatasetError(f"Prepared {name} split, row {i}: every token is masked by "
-                                   f"train_on_responses_only (no answer within max_seq_length); run 03 again.")
-        else:
-            row_labels = list(ids)
-        input_ids.append(ids)
-        labels.append(row_labels)
-    return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+
+def add_bos(tokenizer, text: str) -> bool:
+    """Whether to let the tokenizer add its special tokens (BOS) to `text`: not when it starts with BOS."""
+    bos = tokenizer.bos_token
+    return not (bos and text.startswith(bos))
+
+
+@contextlib.contextmanager
+def parallel_tokenizer():
+    """The fast tokenizer's batch path uses every core only while TOKENIZERS_PARALLELISM allows it; the
+    workbook keeps it off elsewhere (forked processes would warn or hang), so it is on for this block."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        os.environ["TOKENIZERS_PARALLELISM"] = old if old is not None else "false"
+
+
+def answer_labels(ids, offsets, spans) -> list[int]:
+    """Labels for `train_on_responses_only`: a token's id where it lies inside an answer span, else -100."""
+    return [t if b > a and any(s <= a < e for s, e in spans) else -100 for t, (a, b) in zip(ids, offsets)]
+
+
+def training_dataset(split):
+    """What the trainer reads: the `input_ids` (and `labels`, where some tokens stay out of the loss) of a
+    prepared split, already truncated, so that TRL and unsloth train on exactly the same tokens."""
+    return split.select_columns([c for c in ("input_ids", "labels") if c in split.column_names])
+
+
+def held_out_count(rows: int, eval_fraction: float) -> int:
+    return 0 if eval_fraction == 0 else max(1, round(rows * eval_fraction))
 
 
 def split(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
     """(train, eval) with `eval_fraction` of the rows held out, chosen with `seed`; at least one each."""
     if eval_fraction == 0:
         return list(rows), []
-    n_eval = max(1, round(len(rows) * eval_fraction))
+    n_eval = held_out_count(len(rows), eval_fraction)
     if n_eval >= len(rows):
         raise DatasetError(f"Only {len(rows)} usable rows: too few to hold out {eval_fraction:.0%} and still "
                            f"train. Lower 'eval_fraction' or add rows.")
@@ -213,26 +278,73 @@ def split(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def save_split(run_dir: Path, train: list[dict], held_out: list[dict]) -> Path:
-    """Write data/train.jsonl and data/eval.jsonl into the run folder, atomically."""
+SPLIT_KEYS = ("model_name", "max_seq_length", "train_on_responses_only", "dataset", "dataset_format",
+              "dataset_text_field", "max_rows", "eval_fraction", "seed")
+
+
+def save_split(run_dir: Path, train: list[dict], held_out: list[dict], params: dict | None = None) -> Path:
+    """data/train.arrow and data/eval.arrow (and meta.json: what the token ids depend on), atomically.
+    Held-out rows keep their messages, from which steps 5-6 make prompts; training rows do not."""
     final = Path(run_dir) / "data"
     with rundir.building(final) as tmp:
         for name, part in (("train", train), ("eval", held_out)):
-            with (tmp / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-                for row in part:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            _write_arrow(tmp / f"{name}.arrow", part, keep_messages=name == "eval")
+        meta = {k: params[k] for k in SPLIT_KEYS} if params else {}
+        rundir.write_json(tmp / "meta.json", {**meta, "rows": {"train": len(train), "eval": len(held_out)}})
     return final
 
 
-def load_split(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """The rows that 03_dataset saved: (train, eval)."""
+def _write_arrow(path: Path, rows: list[dict], keep_messages: bool, batch_rows: int = 8192) -> None:
+    """An Arrow stream file, written a batch of rows at a time (no second copy of the whole split)."""
+    import pyarrow as pa
+
+    batches = (_record_batch(rows[i:i + batch_rows], keep_messages) for i in range(0, len(rows), batch_rows))
+    first = next(batches, None) or _record_batch(rows, keep_messages)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, first.schema) as writer:
+        writer.write_batch(first)
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _record_batch(rows: list[dict], keep_messages: bool):
+    import pyarrow as pa
+
+    def token_column(key):
+        arrays = [np.frombuffer(r[key], dtype=np.int32) if isinstance(r[key], array) else
+                  np.asarray(r[key], dtype=np.int32) for r in rows]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+        return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+    columns = {"text": pa.array([r["text"] for r in rows], type=pa.large_string()),
+               "input_ids": token_column("input_ids")}
+    if rows and "labels" in rows[0]:
+        columns["labels"] = token_column("labels")
+        columns["spans"] = pa.array([r["spans"] for r in rows], type=pa.list_(pa.list_(pa.int32())))
+    if keep_messages and rows and "messages" in rows[0]:
+        columns["messages"] = pa.array([r["messages"] for r in rows])
+    return pa.record_batch(list(columns.values()), names=list(columns))
+
+
+def load_split(run_dir: Path, params: dict | None = None):
+    """The rows that 03_dataset saved, (train, eval), as memory-mapped `datasets.Dataset`s: opening
+    210k rows takes milliseconds. With `params`, refuses a split made for other settings."""
+    from datasets import Dataset
+
     folder = Path(run_dir) / "data"
-    files = {name: folder / f"{name}.jsonl" for name in ("train", "eval")}
+    files = {name: folder / f"{name}.arrow" for name in ("train", "eval")}
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"No prepared dataset in {folder} (missing {', '.join(missing)}): "
                                 f"run 03_dataset.ipynb with this run_dir first.")
-    return tuple([json.loads(line) for line in files[name].open(encoding="utf-8")] for name in ("train", "eval"))
+    if params:
+        meta = rundir.read_json(folder / "meta.json", default={})
+        changed = [f"{k} ({meta[k]!r} then, {params[k]!r} now)" for k in SPLIT_KEYS if k in meta and meta[k] != params[k]]
+        if changed:
+            raise DatasetError(f"The prepared dataset in {folder} was made with other settings: "
+                               f"{', '.join(changed)}. Run 03_dataset.ipynb again with this run_dir.")
+    return tuple(Dataset.from_file(str(files[name])) for name in ("train", "eval"))
 
 
 # --- what notebook 03 shows ---------------------------------------------------------------------
@@ -265,18 +377,22 @@ def report_lines(report: dict) -> list[str]:
     return lines
 
 
-def example(row: dict, mark_answers: bool = True, width: int = 1200) -> str:
+def example(row: dict, tokenizer=None, mark_answers: bool = True, width: int = 1200) -> str:
     """One prepared row as the model sees it; answers (what train_on_responses_only keeps in the loss)
-    wrapped in [[ ]]."""
+    wrapped in [[ ]] (found again with `tokenizer` where 03 did not need them)."""
     text, out, pos = row["text"], [], 0
-    for s, e in row["spans"] if mark_answers and "messages" in row else []:
+    spans = row.get("spans")
+    if spans is None and mark_answers and row.get("messages") and tokenizer is not None:
+        full, spans = formats.render(tokenizer, row["messages"])
+        spans = [(s, min(e, len(text))) for s, e in spans if s < len(text)]  # the row may be truncated
+    for s, e in spans if mark_answers and row.get("messages") else []:
         out += [text[pos:s], "[[", text[s:e], "]]"]
         pos = e
     shown = "".join(out) + text[pos:]
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
-def token_lengths(tokenizer, rows: list[dict]) -> list[int]:
+def token_lengths(tokenizer, rows) -> list[int]:
     return [len(ids) for ids, _ in encode(tokenizer, [r["text"] for r in rows])]
 
 

@@ -70,18 +70,29 @@ def is_hub_name(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not name.lower().endswith(SUFFIXES)
 
 
-def read(dataset: str, split: str = "train", config: str | None = None, max_rows: int | None = None) -> RawData:
-    """Raw records of `dataset` (a local file, an http(s) URL or a hub dataset name)."""
+def locate(dataset: str) -> tuple[str, Path | None]:
+    """What `dataset` names: ("file", path), ("url", None) or ("hub", None); a DatasetError naming the
+    parameter when it is none of them (so the runner can refuse it before any notebook starts)."""
     local = rundir.find_file(dataset)
     if local is not None:
+        return "file", local
+    if is_url(dataset):
+        return "url", None
+    if is_hub_name(dataset):
+        return "hub", None
+    raise DatasetError(f"Parameter 'dataset' = '{dataset}': no such file (looked in {Path.cwd()} and "
+                       f"{rundir.REPO_ROOT}), and it is neither an http(s) URL nor a hub name.")
+
+
+def read(dataset: str, split: str = "train", config: str | None = None, max_rows: int | None = None) -> RawData:
+    """Raw records of `dataset` (a local file, an http(s) URL or a hub dataset name)."""
+    kind, local = locate(dataset)
+    if kind == "file":
         raw = read_file(local, source=dataset)
-    elif is_url(dataset):
+    elif kind == "url":
         raw = read_file(download(dataset), source=dataset)
-    elif is_hub_name(dataset):
-        raw = read_hub(dataset, split, config)
     else:
-        raise DatasetError(f"Parameter 'dataset' = '{dataset}': no such file (looked in {Path.cwd()} and "
-                           f"{rundir.REPO_ROOT}), and it is neither an http(s) URL nor a hub name.")
+        raw = read_hub(dataset, split, config)
     return raw.first(max_rows) if max_rows is not None else raw
 
 
@@ -96,31 +107,34 @@ def read_file(path: Path, source: str | None = None) -> RawData:
     if suffix == ".parquet":
         _read_parquet(path, raw)
         return raw
-    lines = _decoded_lines(path.read_bytes(), raw)
-    {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[suffix](lines, raw, path)
+    if suffix == ".jsonl":  # line by line from the file: a 210k-row file is never held twice
+        with path.open("rb") as f:
+            _read_jsonl(_decoded_lines(f, raw), raw, path)
+        return raw
+    with path.open("rb") as f:
+        lines = list(_decoded_lines(f, raw))
+    {".json": _read_json, ".csv": _read_csv}[suffix](lines, raw, path)
     return raw
 
 
-def _decoded_lines(data: bytes, raw: RawData) -> list[str | None]:
-    """The file's lines as text; None for a line that is not UTF-8 (recorded as a problem)."""
-    if data.startswith(BOM):
-        data = data[len(BOM):]
-        raw.fixes["byte-order mark removed"] += 1
-    parts = data.split(b"\n")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    lines: list[str | None] = []
-    for number, part in enumerate(parts, start=1):
+def _decoded_lines(f, raw: RawData):
+    """The lines of the binary file `f` as text, one at a time; None for a line that is not UTF-8
+    (recorded as a problem)."""
+    for number, part in enumerate(f, start=1):
+        if number == 1 and part.startswith(BOM):
+            part = part[len(BOM):]
+            raw.fixes["byte-order mark removed"] += 1
+        if part.endswith(b"\n"):
+            part = part[:-1]
         if part.endswith(b"\r"):
             part = part[:-1]
             raw.fixes["CRLF line endings converted"] += 1
         try:
-            lines.append(part.decode("utf-8"))
+            yield part.decode("utf-8")
         except UnicodeDecodeError as e:
             raw.problems.append(Problem(number, f"line {number}", "not UTF-8",
                                         f"byte 0x{part[e.start]:02x} at column {e.start + 1} is not valid UTF-8"))
-            lines.append(None)
-    return lines
+            yield None
 
 
 def _read_jsonl(lines, raw: RawData, path: Path) -> None:

@@ -31,44 +31,131 @@ def load_finetuned(params: dict):
     return model, tokenizer, info
 
 
+# Logits are made this many positions at a time: a full 2048-token row of a 128k-word vocabulary would
+# be 1 GiB of float32 logits per row at once.
+LOGIT_CHUNK = 1024
+TOKENS_PER_BATCH = 8192  # an evaluation batch holds at most this many positions (padding included)
+
+
 def mean_token_loss(model, dataset, batch_size: int) -> float:
     """Mean negative log-likelihood per predicted token (labels of -100 left out), weighted by tokens:
-    every token counts once, whatever batch it falls in."""
+    every token counts once, whatever batch it falls in. The one definition of held-out loss in the
+    workbook (05 before and after training, 06, compare). Rows are batched by length (at most
+    `batch_size` rows and TOKENS_PER_BATCH positions) and the output layer runs LOGIT_CHUNK positions
+    at a time, so memory stays bounded on long rows and large vocabularies."""
     import torch
-    import torch.nn.functional as F
 
+    rows = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
     total, count = 0.0, 0
+    decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start:start + batch_size]
-            width = max(len(ids) for ids in rows["input_ids"])
-            ids = torch.zeros(len(rows["input_ids"]), width, dtype=torch.long)
-            labels = torch.full_like(ids, -100)
-            mask = torch.zeros_like(ids)
-            for i, (row_ids, row_labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
-                ids[i, :len(row_ids)] = torch.tensor(row_ids)
-                labels[i, :len(row_labels)] = torch.tensor(row_labels)
-                mask[i, :len(row_ids)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            target = labels[:, 1:].to(device)
-            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            count += int((target != -100).sum())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in _batches(dataset, rows, batch_size):
+                ids, labels, mask = (t.to(device) for t in _pad(batch))
+                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                loss, n = _chunked_nll(head, hidden[:, :-1], labels[:, 1:])
+                total, count = total + loss, count + n
+    finally:
+        model.train(was_training)
     return total / count
 
 
-def compare_losses(model, tokenizer, held_out: list[dict], params: dict) -> dict:
-    """Held-out loss and perplexity of the base model and of the fine-tuned one."""
-    if not held_out:
+def _decoder_and_head(model):
+    """The transformer body and the output layer of a causal LM (peft-wrapped or not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _batches(dataset, order: list[int], batch_size: int):
+    batch, width = [], 0
+    for i in order:
+        row = dataset[i]
+        n = len(row["input_ids"])
+        if batch and (len(batch) == batch_size or max(width, n) * (len(batch) + 1) > TOKENS_PER_BATCH):
+            yield batch
+            batch, width = [], 0
+        batch.append(row)
+        width = max(width, n)
+    if batch:
+        yield batch
+
+
+def _pad(batch: list[dict]):
+    import torch
+
+    width = max(len(r["input_ids"]) for r in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(batch):
+        n = len(row["input_ids"])
+        ids[i, :n] = torch.as_tensor(row["input_ids"])
+        labels[i, :n] = torch.as_tensor(row.get("labels") or row["input_ids"])
+        mask[i, :n] = 1
+    return ids, labels, mask
+
+
+def _chunked_nll(head, hidden, labels) -> tuple[float, int]:
+    """Summed NLL and token count of `labels` (-100 ignored), LOGIT_CHUNK positions of logits at a time."""
+    import torch.nn.functional as F
+
+    keep = labels != -100
+    hidden, labels = hidden[keep], labels[keep]  # only positions that count need logits
+    total = 0.0
+    for start in range(0, len(labels), LOGIT_CHUNK):
+        logits = head(hidden[start:start + LOGIT_CHUNK]).float()
+        total += F.cross_entropy(logits, labels[start:start + LOGIT_CHUNK], reduction="sum").item()
+    return total, len(labels)
+
+
+def eval_rows(held_out, params: dict):
+    """The held-out rows that are measured: the first `max_eval_rows` (the split is already shuffled)."""
+    n = min(len(held_out), params["max_eval_rows"])
+    return held_out.select(range(n)) if hasattr(held_out, "select") else held_out[:n]
+
+
+def held_out_loss(model, held_out, params: dict) -> float | None:
+    """Token-weighted held-out loss of `model` on `eval_rows` (None when nothing was held out)."""
+    if not len(held_out):
+        return None
+    from helpers.data import training_dataset
+
+    rows = eval_rows(held_out, params)
+    return mean_token_loss(model, training_dataset(rows) if hasattr(rows, "column_names") else rows,
+                           params["per_device_eval_batch_size"])
+
+
+LOSS_KEYS = ("eval_loss_base", "eval_loss_finetuned", "perplexity_base", "perplexity_finetuned", "eval_rows_measured")
+
+
+def loss_record(base: float | None, finetuned: float | None, rows: int) -> dict:
+    """The metrics of one run's held-out losses, as 05 measures them and 06 shows them."""
+    if base is None or finetuned is None:
+        return {}
+    return {"eval_loss_base": base, "eval_loss_finetuned": finetuned, "perplexity_base": math.exp(base),
+            "perplexity_finetuned": math.exp(finetuned), "eval_rows_measured": rows}
+
+
+def compare_losses(model, tokenizer, held_out, params: dict) -> dict:
+    """Held-out loss and perplexity of the base model and of the fine-tuned one: what 05 measured (read
+    from metrics.json) where it did, else measured here with the adapter switched off and on."""
+    if not len(held_out):
         raise ValueError("No held-out rows: set eval_fraction > 0 in 03_dataset to evaluate.")
-    dataset = data.training_dataset(held_out, tokenizer, params["max_seq_length"],
-                                    params["train_on_responses_only"], "eval")
+    metrics = rundir.read_json(Path(params["run_dir"]) / "metrics.json", default={})
+    if "eval_loss_finetuned" in metrics and metrics.get("adapter_saved_at") == adapter_stamp(params["run_dir"]):
+        return {k: metrics[k] for k in LOSS_KEYS} | {"measured_in": "05_train_and_save"}
     with model.disable_adapter():
-        base = mean_token_loss(model, dataset, params["per_device_eval_batch_size"])
-    tuned = mean_token_loss(model, dataset, params["per_device_eval_batch_size"])
-    return {"eval_loss_base": base, "eval_loss_finetuned": tuned,
-            "perplexity_base": math.exp(base), "perplexity_finetuned": math.exp(tuned)}
+        base = held_out_loss(model, held_out, params)
+    tuned = held_out_loss(model, held_out, params)
+    return loss_record(base, tuned, len(eval_rows(held_out, params))) | {"measured_in": "06_evaluate"}
+
+
+def adapter_stamp(run_dir) -> float | None:
+    path = Path(run_dir) / "adapter" / "adapter_model.safetensors"
+    return path.stat().st_mtime if path.exists() else None
 
 
 def loss_table(result: dict):

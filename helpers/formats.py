@@ -157,21 +157,29 @@ def ensure_chat_template(tokenizer) -> bool:
     return True
 
 
+def render_text(tokenizer, messages) -> str:
+    """The training text of one row: the chat template's rendering (or the plain text), EOS appended
+    where the template does not end with it."""
+    eos = tokenizer.eos_token or ""
+    if isinstance(messages, str):
+        return messages if messages.endswith(eos) else messages + eos
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return text if not eos or text.rstrip().endswith(eos) else text + eos
+
+
 def render(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
-    """The training text of one row and the character spans of its assistant turns, EOS appended.
+    """`render_text` and the character spans of the assistant turns.
 
     A span runs from where the generation prompt ends to the end of that assistant turn, so it
     holds exactly what the model must produce (answer and end-of-turn marker).
     """
-    eos = tokenizer.eos_token or ""
+    text = render_text(tokenizer, messages)
     if isinstance(messages, str):  # plain text: all of it is trained on
-        text = messages if messages.endswith(eos) else messages + eos
         return text, [(0, len(text))]
 
     def apply(msgs, generation_prompt=False):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
 
-    text = apply(messages)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -181,7 +189,6 @@ def render(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
             raise ValueError("the tokenizer's chat template renders a conversation differently from its "
                              "beginning, so answers cannot be located for train_on_responses_only")
         spans.append((len(prompt), len(upto)))
-    if eos and not text.rstrip().endswith(eos):
-        text += eos
+    if len(text) > len(apply(messages)):  # EOS was appended: the last answer ends with it
         spans[-1] = (spans[-1][0], len(text))
     return text, spans

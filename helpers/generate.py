@@ -1,7 +1,53 @@
-"""Greedy answers from the model, for the before/after comparison."""
+"""Greedy answers from the model, for the before/after comparison; the rules every prompt follows.
+
+A prompt is tokenized by the same rule as a training row (`data.encode`: BOS added where the tokenizer
+adds one and the text lacks it), and generation stops at end-of-sequence *and* at the chat template's
+end-of-turn token, which differ for many models (Llama 3.1 ends a turn with `<|eot_id|>`, not its
+`<|end_of_text|>`).
+"""
 from __future__ import annotations
 
 HUMAN_TAG = "<human>:"
+
+
+def prompt_batch(tokenizer, prompts: list[str], device):
+    """input_ids + attention_mask of `prompts`, left-padded (generation continues at the right edge)."""
+    import torch
+
+    from helpers.data import encode
+
+    ids = [row for row, _ in encode(tokenizer, prompts)]
+    width = max(len(r) for r in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def stop_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an answer: EOS (the tokenizer's and the model's generation config's) and the
+    token the chat template closes an assistant turn with."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    turn_end = end_of_turn_token(tokenizer)
+    if turn_end is not None:
+        ids.add(tokenizer.convert_tokens_to_ids(turn_end))
+    return sorted(i for i in ids if i is not None)
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant's answer, if any."""
+    marker = "Xq7Zr"  # a string no template writes by itself
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # a template that refuses this conversation: EOS alone then
+        return None
+    after = text[text.find(marker) + len(marker):] if marker in text else ""
+    specials = sorted((t for t in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()) if t),
+                      key=len, reverse=True)
+    return next((t for t in specials if after.lstrip(" ").startswith(t)), None)
 
 
 def answer(model, tokenizer, prompts: list[str], max_new_tokens: int, backend: str = "hf") -> list[str]:
@@ -17,15 +63,12 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int, backend: s
         FastLanguageModel.for_inference(model)
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues at the right edge of every row
     try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = prompt_batch(tokenizer, prompts, model.device)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer, model))
     finally:
-        tokenizer.padding_side = side
         if backend == "unsloth":
             FastLanguageModel.for_training(model)
         model.train(was_training)

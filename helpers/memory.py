@@ -6,6 +6,9 @@ with room to spare, turning it off is the cheapest speed-up there is.
 """
 from __future__ import annotations
 
+import os
+
+CAP_ENV = "WORKBOOK_GPU_MEMORY_GIB"
 SAFETY = 1.25  # allocator fragmentation, the optimizer's transient buffers, CUDA workspaces
 
 
@@ -35,9 +38,38 @@ def choose_checkpointing(requested, config, batch_size: int, seq_len: int, free_
     if free_bytes is None:
         if not torch.cuda.is_available():
             return False, "no GPU: memory is not the constraint"
-        free_bytes = torch.cuda.mem_get_info()[0]
+        free_bytes = free_gpu_bytes()
     need = activation_bytes(config, batch_size, seq_len) * SAFETY
     gib = 2**30
     if need < free_bytes:
         return False, f"activations need ~{need / gib:.1f} GiB, {free_bytes / gib:.1f} GiB free"
     return "unsloth", f"activations would need ~{need / gib:.1f} GiB, only {free_bytes / gib:.1f} GiB free"
+
+
+def gpu_cap_bytes() -> int | None:
+    """The GPU memory this process may use, from WORKBOOK_GPU_MEMORY_GIB (None: the whole card). Set it
+    to rehearse a smaller card on a larger one, e.g. 15 for a 16 GB T4 (what a free Colab has)."""
+    value = os.environ.get(CAP_ENV)
+    return int(float(value) * 2**30) if value else None
+
+
+def apply_gpu_cap() -> None:
+    """Make PyTorch's allocator refuse to go past the cap (an out-of-memory error, as on the small card)."""
+    cap = gpu_cap_bytes()
+    if cap is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+
+
+def free_gpu_bytes() -> int:
+    """Free GPU memory for this process: the card's free memory, or less under a cap."""
+    import torch
+
+    free = torch.cuda.mem_get_info()[0]
+    cap = gpu_cap_bytes()
+    return free if cap is None else min(free, cap - torch.cuda.memory_reserved())

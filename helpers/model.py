@@ -21,6 +21,7 @@ from helpers.params import ParameterError
 from helpers.rundir import replace_dir, update_metrics
 
 BUNDLED_PREFIX = "bundled:"
+LOAD_SECONDS: list[float] = []  # time spent in load() in this process (the runner reports it per notebook)
 SPARE_PAD = "<|endoftext|>"
 CONVERSION_VERSION = 2  # part of the cache folder's name: a changed conversion never reuses an old copy
 # name -> (python package that ships the GGUF, file inside it, what the hub calls the original)
@@ -200,6 +201,19 @@ def load(params: dict):
     Returns (model, tokenizer, LoadInfo); LoadInfo.differences lists what this machine does
     differently from what was asked, and why.
     """
+    import time
+
+    start = time.perf_counter()
+    try:
+        return _load(params)
+    finally:
+        LOAD_SECONDS.append(time.perf_counter() - start)
+
+
+def _load(params: dict):
+    from helpers.memory import apply_gpu_cap
+
+    apply_gpu_cap()
     backend = choose_backend(params["backend"])
     if backend == "unsloth":
         import unsloth  # noqa: F401  (must come before transformers to patch it)

@@ -86,30 +86,171 @@ def failed_cell(notebook_path: Path) -> str:
     return "an unknown cell"
 
 
-def execute(run_dir: Path, values: dict, chosen: list[Path], log=print) -> None:
+# Run in the kernel before each notebook when the kernel is shared: the notebook starts from an empty
+# namespace, as after a restart, with every library already imported (the time that is saved).
+_FRESH_NAMESPACE = """
+get_ipython().run_line_magic("reset", "-f")
+import gc as _gc, os as _os, sys as _sys
+_os.environ["WORKBOOK_NOTEBOOK"] = {name!r}
+if "matplotlib.pyplot" in _sys.modules:
+    _sys.modules["matplotlib.pyplot"].close("all")
+_gc.collect()
+if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
+    _sys.modules["torch"].cuda.empty_cache()
+    _sys.modules["torch"].cuda.reset_peak_memory_stats()
+if "helpers.model" in _sys.modules:
+    _sys.modules["helpers.model"].LOAD_SECONDS.clear()
+"""
+# Run in the kernel after each notebook: what it cost in model loading and GPU memory.
+_COSTS = """
+import json as _json, resource as _resource, sys as _sys
+_c = {"peak_rss_gib": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 2**20, "load_s": sum(_sys.modules["helpers.model"].LOAD_SECONDS) if "helpers.model" in _sys.modules else 0.0}
+if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
+    _c["peak_gpu_gib"] = _sys.modules["torch"].cuda.max_memory_reserved() / 2**30
+print("WORKBOOK_COSTS " + _json.dumps(_c))
+"""
+
+
+def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: str = "shared") -> dict:
+    """Run `chosen` notebooks in order; returns per notebook its wall time, model-load time and peak GPU
+    memory (also saved as notebook_costs in metrics.json).
+
+    `kernel`: `shared` runs them one after another in one Python kernel, the namespace emptied before
+    each (as after a restart), so that torch, transformers and unsloth are imported once per run rather
+    than once per notebook; `fresh` starts a new kernel for each, as JupyterLab does.
+    """
     import logging
+    import os
 
     import papermill as pm
+    from jupyter_client.manager import KernelManager
+
+    from helpers import progress
 
     # papermill warns for every config value a notebook's parameters cell does not name; by design
     # each notebook names only its own step's parameters and reads the rest (see params.settle).
     logging.getLogger("papermill").setLevel(logging.ERROR)
-
-    for i, nb in enumerate(chosen, start=1):
-        out = run_dir / nb.name
-        log(f"[{i}/{len(chosen)}] {nb.stem} ...", end=" ", flush=True)
-        start, started_at = time.perf_counter(), time.time()
-        try:
-            pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
-                                progress_bar=False, kernel_name="python3", log_output=False,
-                                extra_arguments=["--log-level=ERROR"])  # quiet kernel start-up warnings
-        except pm.PapermillExecutionError as e:
-            log("FAILED")
+    os.environ[progress.ENV] = str(run_dir)  # kernels inherit it: steps report where they are
+    km, costs = None, {}
+    watcher = ProgressWatcher(run_dir, log)
+    try:
+        for i, nb in enumerate(chosen, start=1):
+            if km is None or kernel == "fresh":
+                _shutdown(km)
+                km = KernelManager(kernel_name="python3")
+            os.environ["WORKBOOK_NOTEBOOK"] = nb.stem
+            if km.has_kernel:
+                _run_in_kernel(km, _FRESH_NAMESPACE.format(name=nb.stem))
+            head = f"[{i}/{len(chosen)}] {nb.stem} ..."
+            log(head, flush=True)
+            out = run_dir / nb.name
+            start, started_at = time.perf_counter(), time.time()
+            watcher.start(nb.stem)
+            try:
+                pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
+                                    progress_bar=False, kernel_name="python3", log_output=False, km=km,
+                                    extra_arguments=["--log-level=ERROR"])  # quiet kernel start-up warnings
+            except pm.PapermillExecutionError as e:
+                watcher.stop()
+                log(f"{head} FAILED")
+                show_data_report(run_dir, nb, started_at, log)
+                raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}\n"
+                                f"The executed notebook with the traceback: {out}") from None
+            watcher.stop()
+            cost = {"wall_s": time.perf_counter() - start, **_run_in_kernel(km, _COSTS),
+                    **watcher.gpu_peak()}
+            costs[nb.stem] = cost
+            log(f"{head} ok ({cost['wall_s']:.0f} s{_gpu_text(cost)})", flush=True)
             show_data_report(run_dir, nb, started_at, log)
-            raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}\n"
-                            f"The executed notebook with the traceback: {out}") from None
-        log(f"ok ({time.perf_counter() - start:.0f} s)")
-        show_data_report(run_dir, nb, started_at, log)
+    finally:
+        watcher.stop()
+        _shutdown(km)
+    rundir.update_metrics(run_dir, notebook_costs=costs)
+    return costs
+
+
+def _gpu_text(cost: dict) -> str:
+    return f", peak GPU {cost['peak_gpu_gib']:.1f} GiB" if "peak_gpu_gib" in cost else ""
+
+
+def _shutdown(km) -> None:
+    if km is not None and km.has_kernel:
+        km.shutdown_kernel(now=True)
+
+
+def _run_in_kernel(km, code: str) -> dict:
+    """Run `code` in the kernel of `km`; returns the JSON it prints after WORKBOOK_COSTS, if any."""
+    import json
+
+    found = {}
+
+    def output(msg):
+        text = msg.get("content", {}).get("text", "")
+        for line in text.splitlines():
+            if line.startswith("WORKBOOK_COSTS "):
+                found.update(json.loads(line.split(" ", 1)[1]))
+
+    client = km.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        client.execute_interactive(code, store_history=False, output_hook=output, timeout=120)
+    finally:
+        client.stop_channels()
+    return found
+
+
+class ProgressWatcher:
+    """While a notebook runs: prints its progress.json when it changes (at most every PRINT_EVERY_S), and
+    on an NVIDIA machine samples the GPU's used memory (nvidia-smi: the whole card, so subprocesses and
+    the CUDA context count too)."""
+
+    PRINT_EVERY_S = 10.0
+
+    def __init__(self, run_dir: Path, log):
+        import shutil
+
+        self.path, self.log, self.thread = Path(run_dir) / "progress.json", log, None
+        self.smi = shutil.which("nvidia-smi")
+
+    def start(self, name: str) -> None:
+        import threading
+
+        self.name, self.peak_used, self.stopping = name, None, threading.Event()
+        self.path.unlink(missing_ok=True)
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.stopping.set()
+            self.thread.join()
+            self.thread = None
+
+    def gpu_peak(self) -> dict:
+        return {"peak_gpu_used_gib": self.peak_used} if self.peak_used is not None else {}
+
+    def _watch(self) -> None:
+        from helpers import progress
+
+        shown, last_print = None, 0.0
+        while not self.stopping.wait(0.5):
+            self._sample_gpu()
+            record = rundir.read_json(self.path, default=None) if self.path.exists() else None
+            if record and record != shown and time.time() - last_print >= self.PRINT_EVERY_S:
+                shown, last_print = record, time.time()
+                self.log(f"    {self.name}: {progress.line(record)}", flush=True)
+
+    def _sample_gpu(self) -> None:
+        import subprocess
+
+        if not self.smi:
+            return
+        out = subprocess.run([self.smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            used = float(out.stdout.split()[0]) / 1024
+            self.peak_used = max(self.peak_used or 0.0, used)
 
 
 def show_data_report(run_dir: Path, nb: Path, since: float, log) -> None:
@@ -135,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override one parameter (repeatable)")
     ap.add_argument("--only", action="append", default=[], metavar="NN", help="run only notebook NN (repeatable)")
+    ap.add_argument("--kernel", choices=("shared", "fresh"), default="shared",
+                    help="shared (default): one kernel for all notebooks, emptied before each, so libraries "
+                         "are imported once; fresh: a new kernel per notebook, as JupyterLab does")
     args = ap.parse_args(argv)
     try:
         values = P.load_config(args.config)
@@ -148,12 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
         values["run_dir"] = str(run_dir)
         print(f"run folder: {run_dir}", flush=True)
-        execute(run_dir, values, chosen, log=print)
+        execute(run_dir, values, chosen, log=print, kernel=args.kernel)
     except (P.ParameterError, RunFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, P.ParameterError) else 1
     metrics = rundir.read_json(run_dir / "metrics.json", default={})
-    summary = {k: metrics[k] for k in ("backend", "train_loss", "eval_loss_before", "eval_loss_after",
+    summary = {k: metrics[k] for k in ("backend", "train_loss", "eval_loss_base", "eval_loss_finetuned",
                                        "train_runtime_s", "tokens_per_s") if k in metrics}
     if summary:
         print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

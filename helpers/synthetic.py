@@ -48,3 +48,88 @@ def random_llama(folder: Path, device: str = "cpu", dtype=None, vocab_size: int 
     model.save_pretrained(tmp)
     tmp.rename(folder)
     return folder
+
+
+# --- an OIG-format file of the real one's size --------------------------------------------------------
+
+OIG_ROWS = 210_289  # rows in LAION's unified_chip2.jsonl, the post's dataset
+
+
+def oig_file(path: Path, rows: int = OIG_ROWS, seed: int = 0) -> Path:
+    """A JSONL file in the layout of OIG `unified_chip2` (`{"text": "<human>: ...\\n<bot>: ...",
+    "metadata": {...}}`): 1-3 turns a row, questions of 4-40 words, answers log-normally spread around
+    ~45 words with a long tail, and 0.3% of rows far longer than 2048 tokens. The words come from the
+    bundled data, so any tokenizer cuts them like real English. Written under a temporary name first."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = sorted({w for line in (REPO_ROOT / "data" / "pip_chip2.jsonl").read_text().splitlines()
+                    for w in json.loads(line)["text"].replace("<human>:", " ").replace("<bot>:", " ").split()})
+
+    def words(n: int) -> str:
+        return " ".join(rng.choices(vocab, k=n))
+
+    tmp = path.with_name(f".{path.name}.partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", encoding="utf-8") as f:
+        for _ in range(rows):
+            turns = rng.choices((1, 2, 3), weights=(80, 15, 5))[0]
+            parts = []
+            for _ in range(turns):
+                if rng.random() < 0.003:  # the tail: essays, code listings, long lists
+                    answer = rng.randint(1800, 3500)
+                else:
+                    answer = min(1200, max(1, int(rng.lognormvariate(3.3, 0.9))))
+                parts.append(f"<human>: {words(rng.randint(4, 30))}?\n<bot>: {words(answer)}.")
+            f.write(json.dumps({"text": "\n".join(parts), "metadata": {"source": "synthetic_chip2"}}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# --- a checkpoint stored pre-quantized, like the hub's `-bnb-4bit` repos --------------------------------
+
+def prequantized_llama(folder: Path, scratch: Path, **shape) -> Path:
+    """A random Llama saved *pre-quantized*: bitsandbytes nf4 weights with double quantization and a
+    `quantization_config` in config.json, no 16-bit copy of the linear weights (the layout of
+    `unsloth/Meta-Llama-3.1-8B-bnb-4bit`). Made by saving random bf16 weights to `scratch`, loading them
+    back in 4-bit and saving that. Needs an NVIDIA GPU."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    if (folder / "config.json").exists():
+        return folder
+    bf16 = random_llama(scratch, device="cuda", dtype=torch.bfloat16, **shape)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(bf16, quantization_config=quant, dtype=torch.bfloat16,
+                                                 device_map={"": 0})
+    tmp = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(bf16).save_pretrained(tmp)
+    del model
+    torch.cuda.empty_cache()
+    shutil.rmtree(bf16)
+    tmp.rename(folder)
+    return folder
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.synthetic",
+                                 description="Make test data: an OIG-format file of the real one's size.")
+    ap.add_argument("what", choices=["oig"])
+    ap.add_argument("path", type=Path)
+    ap.add_argument("--rows", type=int, default=OIG_ROWS)
+    args = ap.parse_args(argv)
+    oig_file(args.path, args.rows)
+    print(f"wrote {args.path} ({args.rows} rows, {args.path.stat().st_size / 2**20:.0f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -26,12 +26,10 @@ class Session:
 
         self.model, self.tokenizer, self.info = model.load(params)
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
-        self.train, self.held_out = data.load_split(Path(params["run_dir"]))
+        self.params = params
+        self.train, self.held_out = data.load_split(Path(params["run_dir"]), params)
         self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
-        tokenized = [data.training_dataset(rows, self.tokenizer, params["max_seq_length"],
-                                           params["train_on_responses_only"], name) if rows else None
-                     for rows, name in ((self.train, "train"), (self.held_out, "eval"))]
-        self.trainer = trainer.build(self.model, self.tokenizer, *tokenized, self.config)
+        self.trainer = trainer.build(self.model, self.tokenizer, data.training_dataset(self.train), self.config)
 
     def answer(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from helpers.generate import answer
@@ -52,11 +50,12 @@ def setup(params: dict) -> Session:
     return Session(params)
 
 
-def eval_loss(trainer) -> float | None:
-    """Mean token loss on the held-out rows (None when nothing was held out)."""
-    if trainer.eval_dataset is None:
-        return None
-    return float(trainer.evaluate()["eval_loss"])
+def eval_loss(session: Session) -> float | None:
+    """Token-weighted held-out loss of the model as it is now (see evaluate.mean_token_loss), on at
+    most `max_eval_rows` rows; None when nothing was held out."""
+    from helpers.evaluate import held_out_loss
+
+    return held_out_loss(session.model, session.held_out, session.params)
 
 
 def peak_memory() -> dict:
@@ -139,6 +138,16 @@ def run(trainer, params: dict | None = None) -> dict:
             "tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
             "tokens_per_s_steady": count.steady_rate(), "resumed_from": str(resume) if resume else None,
             **peak_memory()}
+
+
+def record(params: dict, session: Session, before: float | None, after: float | None, stats: dict) -> dict:
+    """Metrics of the training (05): the run's figures and the held-out losses before and after, which
+    06 shows rather than measuring them again (they belong to the adapter saved at `adapter_saved_at`)."""
+    from helpers.evaluate import adapter_stamp, eval_rows, loss_record
+
+    losses = loss_record(before, after, len(eval_rows(session.held_out, params)))
+    return rundir.update_metrics(Path(params["run_dir"]), **stats, **losses,
+                                 adapter_saved_at=adapter_stamp(params["run_dir"]))
 
 
 def stats_table(stats: dict):
@@ -232,9 +241,9 @@ def main(argv=None) -> int:
     run_dir = Path(merged["run_dir"])
     if state.is_main_process:
         rundir.write_json(run_dir / "params.json", merged)
-        if not (run_dir / "data" / "train.jsonl").exists():
+        if not (run_dir / "data" / "train.arrow").exists():
             prepared = data.prepare(merged, models.load_tokenizer(merged))
-            data.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]))
+            data.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]), merged)
     state.wait_for_everyone()
     session = Session(merged)
     try:

@@ -103,17 +103,44 @@ def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
     return plots.finish(fig, path)
 
 
-def build(model, tokenizer, train, held_out, kwargs: dict, callbacks=()):
-    """An `SFTTrainer` over pre-tokenized datasets (`input_ids`, and `labels` where some tokens stay out
-    of the loss; see `data.training_dataset`), so that TRL and unsloth train on exactly the same tokens.
+def build(model, tokenizer, train, kwargs: dict, callbacks=()):
+    """An `SFTTrainer` over the prepared split's token ids (`input_ids`, and `labels` where some tokens
+    stay out of the loss; see `data.training_dataset`), so that TRL and unsloth train on exactly the
+    same tokens. 03 has already truncated them, so TRL's own preparation (a Python pass over every row:
+    minutes at 210k rows) is skipped, except with packing, which TRL does in Arrow. Held-out loss is
+    measured by the workbook itself (evaluate.mean_token_loss), not by the trainer.
     The collator is wrapped so that a batch with nothing to learn stops the run."""
     from trl import SFTConfig, SFTTrainer
 
+    kwargs = {**kwargs, "dataset_kwargs": {"skip_prepare_dataset": not kwargs.get("packing")}}
     trainer = SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=train,
-                         eval_dataset=held_out if held_out is not None and len(held_out) else None,
-                         processing_class=tokenizer, callbacks=list(callbacks))
+                         processing_class=tokenizer, callbacks=[*callbacks, progress_callback()])
     trainer.data_collator = LabelGuard(trainer.data_collator)
     return trainer
+
+
+def progress_callback():
+    """A TrainerCallback that writes step N of M, the loss and the time left, for the runner to show
+    while 05 trains (helpers.progress)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from helpers import progress
+
+    class Progress(TrainerCallback):
+        start = first_step = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.start is None:
+                self.start, self.first_step = time.perf_counter(), state.global_step
+            done = state.global_step - self.first_step
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+            progress.note(force=state.global_step == state.max_steps, step=state.global_step,
+                          of=state.max_steps, loss=(logs or {}).get("loss"), left_s=left)
+
+    return Progress()
 
 
 class LabelGuard:

@@ -69,6 +69,22 @@ def test_mean_token_loss_weights_every_token_once(trained):
                                                                                                    rel=1e-5)
 
 
+def test_held_out_loss_does_not_move_with_batch_size_or_chunking(trained, monkeypatch):
+    """Rows of 4, 21 and 15 answer tokens: a mean of per-batch means moves with the batch size; the
+    workbook's token-weighted loss does not, nor with how many logit positions are made at once."""
+    from datasets import Dataset
+
+    model, tok, _ = evaluate.load_finetuned(trained)
+    lengths = (4, 21, 15)
+    rows = {"input_ids": [[5 + (i * 7 + j) % 90 for j in range(n + 1)] for i, n in enumerate(lengths)]}
+    rows["labels"] = [[-100] + ids[1:] for ids in rows["input_ids"]]
+    data_ = Dataset.from_dict(rows)
+    losses = [evaluate.mean_token_loss(model, data_, batch_size=b) for b in (1, 2, 3)]
+    monkeypatch.setattr(evaluate, "LOGIT_CHUNK", 3)
+    losses.append(evaluate.mean_token_loss(model, data_, batch_size=2))
+    assert max(losses) - min(losses) < 1e-5, losses
+
+
 def test_export_merges_and_plain_transformers_reloads_it(trained):
     adapter_logits, merged, tok = export.merge(trained)
     folder = export.save_merged(merged, tok, trained["run_dir"])

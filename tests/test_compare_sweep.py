@@ -14,8 +14,8 @@ REPO = compare.rundir.REPO_ROOT
 def fake_run(folder, lora_r, eval_after, losses):
     folder.mkdir(parents=True)
     (folder / "params.json").write_text(json.dumps({"lora_r": lora_r, "learning_rate": 5e-4, "run_dir": str(folder)}))
-    (folder / "metrics.json").write_text(json.dumps({"train_loss": sum(losses) / len(losses), "eval_loss_before": 3.5,
-                                                     "eval_loss_after": eval_after, "tokens_per_s": 70.0,
+    (folder / "metrics.json").write_text(json.dumps({"train_loss": sum(losses) / len(losses), "eval_loss_base": 3.5,
+                                                     "eval_loss_finetuned": eval_after, "tokens_per_s": 70.0,
                                                      "train_runtime_s": 100.0}))
     (folder / "log_history.json").write_text(json.dumps([{"step": i + 1, "loss": v} for i, v in enumerate(losses)]
                                                         + [{"train_runtime": 100.0}]))

@@ -144,7 +144,7 @@ FORMAT_ROWS = {
 
 @pytest.mark.parametrize("name", FORMAT_ROWS)
 def test_each_format_is_detected_and_becomes_the_same_messages(name, jsonl, prep):
-    prepared = prep(jsonl(FORMAT_ROWS[name]))
+    prepared = prep(jsonl(FORMAT_ROWS[name]), train_on_responses_only=True)  # answers located: spans
     assert prepared.report.format == ("conversations" if name == "sharegpt" else name)
     assert prepared.rows[3]["messages"] == [{"role": "user", "content": QA[3][0]},
                                             {"role": "assistant", "content": QA[3][1]}]
@@ -163,14 +163,14 @@ def test_plain_text_is_kept_as_it_is_with_eos(jsonl, prep):
 
 def test_oig_rows_with_several_turns(jsonl, prep):
     row = {"text": "<human>: Hi!\n<bot>: Hello.\n<human>: Your name?\n<bot>: Pip."}
-    prepared = prep(jsonl([row]), eval_fraction=0)
+    prepared = prep(jsonl([row]), eval_fraction=0, train_on_responses_only=True)
     assert [m["role"] for m in prepared.rows[0]["messages"]] == ["user", "assistant", "user", "assistant"]
     text, spans = prepared.rows[0]["text"], prepared.rows[0]["spans"]
     assert [text[s:e].split("<|im_end|>")[0] for s, e in spans] == ["Hello.", "Pip."]
 
 
 def test_alpaca_input_joins_the_instruction(jsonl, prep):
-    prepared = prep(jsonl([{"instruction": "Translate to French.", "input": "cat", "output": "chat"}]))
+    prepared = prep(jsonl([{"instruction": "Translate to French.", "input": "cat", "output": "chat"}]), eval_fraction=0)
     assert prepared.rows[0]["messages"][0]["content"] == "Translate to French.\n\ncat"
 
 
@@ -345,12 +345,29 @@ def test_report_is_saved_with_the_table(jsonl, prep, tmp_path):
 # --- labels --------------------------------------------------------------------------------------
 
 def test_responses_only_labels_only_the_answers(jsonl, prep, chat_tok):
-    rows = prep(jsonl([{"text": "<human>: Hi!\n<bot>: Hello.\n<human>: Name?\n<bot>: Pip."}]), eval_fraction=0).rows
-    full = data.training_dataset(rows, chat_tok, 512, responses_only=False)[0]
-    masked = data.training_dataset(rows, chat_tok, 512, responses_only=True)[0]
-    assert full["labels"] == full["input_ids"]
+    path = jsonl([{"text": "<human>: Hi!\n<bot>: Hello.\n<human>: Name?\n<bot>: Pip."}])
+    full = prep(path, eval_fraction=0).rows[0]
+    masked = prep(path, eval_fraction=0, train_on_responses_only=True).rows[0]
+    assert "labels" not in full and list(full["input_ids"]) == list(masked["input_ids"])  # all tokens count
+    assert list(full["input_ids"]) == chat_tok(full["text"], add_special_tokens=False)["input_ids"]
     kept = chat_tok.decode([t for t in masked["labels"] if t != -100])
     assert kept == "Hello.<|im_end|>\nPip.<|im_end|>\n"
+
+
+def test_saved_split_is_what_the_trainer_reads(jsonl, prep, tmp_path):
+    """03's split (Arrow, memory-mapped by 05) holds the token ids and labels of the prepared rows,
+    the held-out rows keep their messages, and a split made for other settings is refused."""
+    params = {**DEFAULTS, "run_dir": str(tmp_path / "run"), "train_on_responses_only": True}
+    prepared = prep(jsonl(OIG[:8]), train_on_responses_only=True)
+    train, held = data.split(prepared.rows, 0.25, seed=1)
+    data.save_split(tmp_path / "run", train, held, params)
+    train_ds, held_ds = data.load_split(tmp_path / "run", params)
+    assert (len(train_ds), len(held_ds)) == (6, 2)
+    assert train_ds[0]["input_ids"] == list(train[0]["input_ids"]) and train_ds[0]["labels"] == list(train[0]["labels"])
+    assert "messages" not in train_ds.column_names and held_ds[1]["messages"] == held[1]["messages"]
+    assert data.training_dataset(train_ds).column_names == ["input_ids", "labels"]
+    with pytest.raises(DatasetError, match=r"other settings: max_seq_length \(512 then, 256 now\)"):
+        data.load_split(tmp_path / "run", {**params, "max_seq_length": 256})
 
 
 def test_label_guard_stops_a_batch_with_nothing_to_learn():
@@ -373,3 +390,12 @@ def test_split_is_seeded_and_disjoint():
     assert data.split(rows, 0.0, seed=1)[1] == []
     with pytest.raises(DatasetError, match="Only 1 usable rows"):
         data.split(rows[:1], 0.5, seed=1)
+
+
+def test_one_leftover_row_read_as_text_still_names_the_file(tmp_path, prep):
+    """All OIG rows broken but one without turns: auto-detection reads that row as plain text; the
+    final message must still name the file and what was dropped."""
+    bad = write_bytes(tmp_path, "chip.jsonl", [b'{"text": "<human>: a', b"[1, 2]", b'{"text": "just one line"}'])
+    with pytest.raises(DatasetError, match=rf"{bad}: only 1 usable row \(read 3, dropped: 1 unparsable, "
+                                           r"1 wrong type; read as format 'text'"):
+        prep(bad)

@@ -48,11 +48,11 @@ def test_each_format_trains_end_to_end(fmt, tmp_path, bundled_dir):
     data.save_split(P["run_dir"], *data.split(prepared.rows, P["eval_fraction"], P["seed"]))
 
     session = train.setup(P)
-    labels = session.trainer.train_dataset[0]["labels"]
-    assert (-100 in labels) == (fmt != "text")  # prompts masked out when training on responses only
-    before = train.eval_loss(session.trainer)
+    batch = next(iter(session.trainer.get_train_dataloader()))  # what the model is trained on
+    assert (-100 in batch["labels"][batch["attention_mask"].bool()]) == (fmt != "text")  # prompts masked
+    before = train.eval_loss(session)
     stats = train.run(session.trainer)
-    after = train.eval_loss(session.trainer)
+    after = train.eval_loss(session)
     assert stats["train_steps"] == 4 and math.isfinite(stats["train_loss"])
     assert after < before
     answers = session.answer([p for _, p, _ in data.held_out_prompts(session.held_out, session.tokenizer, 2)], 8)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-METRIC_KEYS = ["backend", "model_name", "num_train_rows", "num_eval_rows", "train_loss", "eval_loss_before",
-               "eval_loss_after", "train_runtime_s", "tokens_per_s", "peak_memory_gib"]
+METRIC_KEYS = ["backend", "model_name", "num_train_rows", "num_eval_rows", "train_loss", "eval_loss_base",
+               "eval_loss_finetuned", "train_runtime_s", "tokens_per_s", "peak_memory_gib"]
 
 
 def runner(*args, env=None, timeout=900):
@@ -119,11 +119,23 @@ def test_unknown_notebook_number(tmp_path):
 
 @pytest.mark.slow
 def test_failing_cell_names_notebook_and_cell(tmp_path):
-    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "03", "-p", "dataset", "missing.jsonl")
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "03", "-p", "dataset",
+                    "data/messy_example.jsonl", "-p", "on_bad_rows", "fail")
     assert result.returncode == 1
     assert "03_dataset.ipynb failed in code cell 3 (tokenizer = models.load_tokenizer(P)" in result.stderr
-    assert "DatasetError: Parameter 'dataset' = 'missing.jsonl': no such file" in result.stderr
+    assert "DatasetError: data/messy_example.jsonl: " in result.stderr and "on_bad_rows = 'fail'" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing that looks like a prepared split
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("dataset", "missing.jsonl", "Parameter 'dataset' = 'missing.jsonl': no such file"),
+    ("model_name", "./no/such/model", "Parameter 'model_name' = './no/such/model': no such folder"),
+    ("target_modules", "[q_proj, nope_proj]", "Parameter 'target_modules' names ['nope_proj'], which are no layers"),
+])
+def test_missing_inputs_stop_before_any_notebook(tmp_path, bundled_dir, name, value, message):
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "-p", name, value)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not list(tmp_path.glob("*.ipynb"))
 
 
 @pytest.mark.slow

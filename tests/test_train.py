@@ -16,9 +16,9 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
     data.save_split(run_dir, *data.split(prepared.rows, 0.25, seed=1))
     session = train.setup(params)
     assert session.summary().loc["training rows", "value"] == 9
-    before = train.eval_loss(session.trainer)
+    before = train.eval_loss(session)
     stats = train.run(session.trainer)
-    after = train.eval_loss(session.trainer)
+    after = train.eval_loss(session)
     assert stats["train_steps"] == 8
     assert stats["train_tokens"] > 8 * 2 * 5  # batches of 2 rows of well over 5 tokens
     # our count (unsloth logs none) agrees with TRL's own count where TRL has one

@@ -122,6 +122,13 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
                                  "SDPA on the transformers path, packed samples would attend to each other.")
     _check_trainer_names(params)
     check_sources(params)
+    from helpers.model import is_prequantized
+
+    folder = model_folder(params["model_name"])
+    if folder.is_dir() and is_prequantized(str(folder)) and not gpu:
+        raise ParameterError(f"Parameter 'model_name' = '{params['model_name']}' is stored in 4-bit (bitsandbytes "
+                             f"nf4: no 16-bit weights in it), which loads only on an NVIDIA GPU, and this machine "
+                             f"has none. Use a checkpoint with 16-bit weights on a CPU.")
     check_target_modules(params)
     config = model_config(params["model_name"])
     if config and config.get("max_position_embeddings"):

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import rundir
@@ -37,31 +38,118 @@ def export_dtype(params: dict) -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def merge(params: dict):
-    """(adapter model, merged model, tokenizer): the base loaded unquantized in the export dtype (a
-    merge into 4-bit weights would round the update away), the adapter applied, then merged."""
+@dataclass
+class Merged:
+    folder: Path
+    adapter_logits: object  # the adapter model's logits on PROBE, before the merge (on the CPU)
+    base: str               # what the update was added to, in words
+
+
+def merge_and_save(params: dict) -> Merged:
+    """The adapter merged into the base weights, written to run_dir/merged one tensor at a time.
+
+    The base is the checkpoint of `model_name` (or `merge_base`, a folder of its original 16-bit weights).
+    A checkpoint stored in 4-bit (bitsandbytes nf4, as the post's `unsloth/Meta-Llama-3.1-8B-bnb-4bit`)
+    stays in 4-bit on the GPU; each layer is dequantized to 16-bit as it is written, and B·A·(alpha/r)
+    added to it, so neither the hub (for the original weights) nor a second full copy in GPU memory is
+    needed, and the merged weights are exactly what the adapter model computes with. A merge into the
+    4-bit layers themselves (peft's merge_and_unload) would round the update away."""
     import torch
     from peft import PeftModel
 
     dtype = export_dtype(params)
-    base, tokenizer, _ = models.load({**params, "run_dir": None, "backend": "hf", "load_in_4bit": False,
-                                      "dtype": dtype})
-    model = PeftModel.from_pretrained(base, str(adapter_dir(params["run_dir"])))
+    source = params["merge_base"] or params["model_name"]
+    model, tokenizer, info = models.load({**params, "model_name": source, "run_dir": None, "backend": "hf",
+                                          "load_in_4bit": False, "dtype": dtype})
+    model = PeftModel.from_pretrained(model, str(adapter_dir(params["run_dir"])))
     model.eval()
-    probe = tokenizer(PROBE, return_tensors="pt").to(base.device)
+    probe = tokenizer(PROBE, return_tensors="pt").to(model.device)
     with torch.no_grad():
         adapter_logits = model(**probe).logits.float().cpu()
-    merged = model.merge_and_unload()
-    return adapter_logits, merged, tokenizer
-
-
-def save_merged(merged, tokenizer, run_dir) -> Path:
-    """run_dir/merged: safetensors weights, config, tokenizer; written under a temporary name first."""
-    final = Path(run_dir) / "merged"
+    if info.load_in_4bit:
+        base = (f"{source} is stored in 4-bit (nf4): its layers were dequantized to {dtype} and the update added "
+                f"(the weights the adapter model computes with; set merge_base to a folder of the original "
+                f"16-bit weights to merge into those instead)")
+    else:
+        base = f"{source}, loaded unquantized in {dtype}, the update added"
+    final = Path(params["run_dir"]) / "merged"
     with rundir.building(final) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        _write_merged(model, getattr(torch, dtype), tmp)
         tokenizer.save_pretrained(tmp)
-    return final
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the reload check runs in another process, on the same card
+    return Merged(final, adapter_logits, base)
+
+
+SHARD_BYTES = 2 * 2**30
+
+
+def _write_merged(peft_model, dtype, folder: Path) -> None:
+    """Safetensors shards (SHARD_BYTES each at most, with an index when there are several) and a config
+    without quantization: what `from_pretrained` of a plain 16-bit (or 32-bit) checkpoint reads."""
+    import json
+
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_module_weight
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    base = peft_model.get_base_model()
+    config = base.config.to_dict()
+    config.pop("quantization_config", None)
+    config["dtype"] = str(dtype).replace("torch.", "")
+    plain = type(base.config).from_dict(config)
+    with torch.device("meta"):  # the names and shapes a plain checkpoint of this model has
+        skeleton = AutoModelForCausalLM.from_config(plain)
+    names = list(skeleton.state_dict())
+    if getattr(plain, "tie_word_embeddings", False):
+        names = [n for n in names if n != "lm_head.weight"]
+    modules = dict(base.named_modules())
+    adapter = peft_model.active_adapter
+
+    def tensor(name: str):
+        owner, _, leaf = name.rpartition(".")
+        module = modules[owner]
+        if isinstance(module, LoraLayer) and leaf == "weight":
+            layer = module.get_base_layer()
+            weight = dequantize_module_weight(layer).to(torch.float32)
+            weight = weight + module.get_delta_weight(adapter).to(weight.device, torch.float32)
+        elif leaf == "weight" and hasattr(module, "weight") and type(module.weight).__name__ == "Params4bit":
+            weight = dequantize_module_weight(module)
+        else:
+            target = module.get_base_layer() if isinstance(module, LoraLayer) else module
+            weight = getattr(target, leaf)
+        return weight.detach().to(dtype).to("cpu").contiguous()
+
+    written, shard, size = [], {}, 0  # written: (temporary file, tensor names)
+
+    def write():
+        path = folder / f".shard-{len(written)}"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        written.append((path, list(shard)))
+
+    with torch.no_grad():
+        for name in names:
+            t = tensor(name)
+            if shard and size + t.numel() * t.element_size() > SHARD_BYTES:
+                write()
+                shard, size = {}, 0
+            shard[name] = t
+            size += t.numel() * t.element_size()
+        write()
+    weight_map = {}
+    for i, (path, keys) in enumerate(written):  # transformers' file names
+        file = "model.safetensors" if len(written) == 1 else f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
+        path.rename(folder / file)
+        weight_map.update(dict.fromkeys(keys, file))
+    if len(written) > 1:
+        total = sum((folder / file).stat().st_size for file in set(weight_map.values()))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    plain.save_pretrained(folder)
+    base.generation_config.save_pretrained(folder)
 
 
 # Run in a fresh interpreter where `import peft` fails, so the check proves that plain transformers
@@ -71,8 +159,13 @@ import json, sys
 sys.modules["peft"] = None  # any attempt to import peft now raises ImportError
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, probe, device = sys.argv[1], sys.argv[2], sys.argv[3]
-model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device)
+folder, probe, device, cap_gib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+if device == "cuda" and cap_gib:  # a card smaller than the model: the layers that don't fit wait on the CPU
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True, device_map="auto",
+                                                 max_memory={0: f"{float(cap_gib) - 1.5:.1f}GiB", "cpu": "512GiB"})
+    device = model.device
+else:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device)
 tok = AutoTokenizer.from_pretrained(folder)
 with torch.no_grad():
     logits = model(**tok(probe, return_tensors="pt").to(device)).logits.float().cpu()
@@ -85,9 +178,11 @@ def reload_without_peft(folder: Path, device: str | None = None) -> dict:
     one, where the adapter model ran, so that only the merge differs); its dtype and probe logits."""
     import torch
 
+    from helpers.memory import CAP_ENV
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, device], capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, device, os.environ.get(CAP_ENV, "")],
+                         capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"Plain transformers could not load {folder}:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -120,10 +215,15 @@ def check_table(result: dict):
     return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
 
 
-def unsloth_merged(params: dict, run_dir) -> Path | None:
-    """unsloth's own merged save (`merged_16bit`), on the unsloth backend only."""
+def unsloth_merged(params: dict, run_dir) -> tuple[Path | None, str]:
+    """unsloth's own merged save (`merged_16bit`), where it can succeed: on the unsloth backend, from a
+    base stored in 16-bit. From a base stored in 4-bit it would fetch the original 16-bit weights from
+    the hub (or refuse, offline); `merge_and_save` covers that case. Returns (folder or None, what happened)."""
     if models.choose_backend(params["backend"]) != "unsloth":
-        return None
+        return None, "unsloth merged save: not on this backend (needs unsloth on an NVIDIA GPU)"
+    if models.is_prequantized(models.resolve_source(params["model_name"])):
+        return None, ("unsloth merged save: skipped: the base is stored in 4-bit, and unsloth's merged_16bit "
+                      "would download its original 16-bit weights from the hub; the merge above dequantized it")
     from unsloth import FastLanguageModel
 
     # unsloth reads adapter_config.json, loads the base it names, and puts the adapter on top
@@ -133,7 +233,8 @@ def unsloth_merged(params: dict, run_dir) -> Path | None:
     final = Path(run_dir) / "merged_unsloth"
     with rundir.building(final) as tmp:
         model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
-    return final
+    del model
+    return final, f"unsloth merged save: {final}"
 
 
 def find_llama_cpp() -> Path | None:

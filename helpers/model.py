@@ -195,6 +195,18 @@ def resolve_source(model_name: str) -> str:
     return model_name
 
 
+def is_prequantized(source: str) -> bool:
+    """Whether the checkpoint in folder `source` is stored in 4-bit (bitsandbytes), like the hub's
+    `-bnb-4bit` repos: its config.json carries a quantization_config, and there are no 16-bit weights."""
+    import json
+
+    path = Path(source) / "config.json"
+    if not path.exists():
+        return source.endswith("-bnb-4bit")  # a hub id: the naming convention of such repos
+    quant = json.loads(path.read_text()).get("quantization_config") or {}
+    return quant.get("quant_method") == "bitsandbytes" and bool(quant.get("load_in_4bit"))
+
+
 def load(params: dict):
     """Load model and tokenizer as `params` asks, on the backend that fits this machine.
 
@@ -227,6 +239,10 @@ def _load(params: dict):
     gpu = torch.cuda.is_available()
     differences = []
     four_bit = bool(params["load_in_4bit"])
+    stored_4bit = is_prequantized(source)
+    if stored_4bit and not four_bit:
+        four_bit = True  # there are no 16-bit weights to load
+        differences.append(("load_in_4bit", False, True, "the checkpoint is stored in 4-bit (nf4)"))
     if four_bit and not gpu:
         four_bit = False
         differences.append(("load_in_4bit", True, False, "4-bit (bitsandbytes) kernels need an NVIDIA GPU"))
@@ -250,7 +266,9 @@ def _load(params: dict):
 
         kwargs = {"dtype": dtype, "attn_implementation": attn, "use_safetensors": True,  # never pickled .bin
                   "trust_remote_code": params["trust_remote_code"]}
-        if four_bit:
+        if stored_4bit:
+            kwargs["device_map"] = {"": local_device()}  # its quantization_config says how it is stored
+        elif four_bit:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -120,6 +120,9 @@ PARAMS: list[Param] = [
     P("export_dtype", "auto", "07", "Precision of the merged weights: `auto` (float32 on a CPU; on a GPU the "
       "training precision, 16-bit, like unsloth's `merged_16bit`), `float16`, `bfloat16` or `float32`.",
       choices=("auto", "float16", "bfloat16", "float32")),
+    P("merge_base", None, "07", "The weights the adapter is merged into: None for `model_name`'s own (a "
+      "checkpoint stored in 4-bit is dequantized layer by layer), or a local folder of its original 16-bit "
+      "weights."),
     P("gguf_outtype", "q8_0", "07", "GGUF file type when llama.cpp is installed (`f16`, `bf16`, `q8_0`, `f32`).",
       choices=("f16", "bf16", "q8_0", "f32")),
     # 08_chat

@@ -86,8 +86,9 @@ def test_held_out_loss_does_not_move_with_batch_size_or_chunking(trained, monkey
 
 
 def test_export_merges_and_plain_transformers_reloads_it(trained):
-    adapter_logits, merged, tok = export.merge(trained)
-    folder = export.save_merged(merged, tok, trained["run_dir"])
+    merged = export.merge_and_save(trained)
+    folder, adapter_logits = merged.folder, merged.adapter_logits
+    assert "loaded unquantized in float32" in merged.base
     names = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in names and not any(n.startswith("adapter") or n.endswith(".bin") for n in names)
     assert "auto_map" not in json.loads((folder / "config.json").read_text())  # no remote code needed
@@ -100,12 +101,17 @@ def test_export_merges_and_plain_transformers_reloads_it(trained):
         export.reload_without_peft(folder.parent / "adapter")  # an adapter needs peft: blocked there
 
 
-def test_export_in_16_bit(trained):
-    adapter_logits, merged, tok = export.merge({**trained, "export_dtype": "float16"})
-    folder = export.save_merged(merged, tok, trained["run_dir"])
-    reloaded = export.reload_without_peft(folder)
+def test_export_in_16_bit_in_several_shards(trained, monkeypatch):
+    """The merge is written a tensor at a time into shards with an index, as large models are."""
+    monkeypatch.setattr(export, "SHARD_BYTES", 200_000)
+    merged = export.merge_and_save({**trained, "export_dtype": "float16"})
+    shards = sorted(p.name for p in merged.folder.glob("*.safetensors"))
+    assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((merged.folder / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    reloaded = export.reload_without_peft(merged.folder)
     assert reloaded["dtype"] == "torch.float16"
-    check = export.check(adapter_logits, reloaded, "float16")
+    check = export.check(merged.adapter_logits, reloaded, "float16")
     assert check["ok"] and check["tolerance"] == pytest.approx(0.02 * check["logit_scale"])
     assert check["max_abs_logit_diff"] > 1e-6  # rounded to 16 bits: not bit-identical
 
@@ -160,7 +166,6 @@ def test_chat_streams_and_remembers_turns(trained):
 
 
 def test_chat_prefers_the_merged_folder(trained):
-    adapter_logits, merged, tok = export.merge(trained)
-    export.save_merged(merged, tok, trained["run_dir"])
+    export.merge_and_save(trained)
     model, tok, source = chat.load(trained)
     assert source.endswith("merged") and not hasattr(model, "disable_adapter")

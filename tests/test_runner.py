@@ -159,7 +159,7 @@ def test_plain_papermill_with_a_config_file(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["num_train_rows"] == 72
-    assert (tmp_path / "data" / "train.jsonl").exists()
+    assert (tmp_path / "data" / "train.arrow").exists()
 
 
 @pytest.mark.slow
@@ -171,8 +171,9 @@ def test_messy_file_prints_the_report_and_writes_the_split(tmp_path):
                      "dropped 1: not UTF-8", "dropped 1: duplicate", "dropped 1: turns don't alternate",
                      "fixed 38: CRLF line endings converted", "line 9: not UTF-8 (byte 0xe9 at column 28"):
         assert expected in result.stdout, expected
-    split = [len((tmp_path / "data" / f"{name}.jsonl").read_text().splitlines()) for name in ("train", "eval")]
-    assert split == [28, 3]
+    from helpers import data
+
+    assert [len(part) for part in data.load_split(tmp_path)] == [28, 3]
     assert json.loads((tmp_path / "data_report.json").read_text())["kept"] == 31
 
 

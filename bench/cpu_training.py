@@ -39,7 +39,9 @@ def one(name: str, steps: int) -> dict:
     m, tok, info = model.load(p)
     m, _ = lora.add_lora(m, p, info.backend)
     prepared = data.prepare({**p, "dataset": str(REPO / "data" / "pip_chip2.jsonl")}, tok)
-    rows = data.training_dataset(prepared.rows, tok, p["max_seq_length"], responses_only=False)
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"input_ids": [list(r["input_ids"]) for r in prepared.rows]})
     kwargs, _ = trainer.training_config(p, Path(p["run_dir"]))
     kwargs.update(VARIANTS[name])
     times = []
@@ -51,7 +53,7 @@ def one(name: str, steps: int) -> dict:
         def on_step_end(self, *args, **kw):
             times.append(time.perf_counter() - self.start)
 
-    t = trainer.build(m, tok, rows, None, kwargs, callbacks=[Clock()])
+    t = trainer.build(m, tok, rows, kwargs, callbacks=[Clock()])
     t.train()
     tokens = max(e.get("num_tokens", 0) for e in t.state.log_history)
     median = statistics.median(times[1:])

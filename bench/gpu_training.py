@@ -171,7 +171,7 @@ def child(stack: str, scenario: str, ckpt: Path, steps: int, warmup: int) -> dic
     if stack.startswith("workbook"):
         from helpers import trainer
 
-        t = trainer.build(m, tok, data, data.select([]), kwargs, callbacks=[Clock()])
+        t = trainer.build(m, tok, data, kwargs, callbacks=[Clock()])
     else:  # written out by hand, as a user of that stack would
         from trl import SFTConfig, SFTTrainer
 

@@ -135,7 +135,7 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: 
     watcher = ProgressWatcher(run_dir, log)
     try:
         for i, nb in enumerate(chosen, start=1):
-            if km is None or kernel == "fresh":
+            if km is None or kernel == "fresh" or (_wants_unpatched(nb) and _imported_unsloth(km)):
                 _shutdown(km)
                 km = KernelManager(kernel_name="python3")
             os.environ["WORKBOOK_NOTEBOOK"] = nb.stem
@@ -167,6 +167,22 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: 
         _shutdown(km)
     rundir.update_metrics(run_dir, notebook_costs=costs)
     return costs
+
+
+def _wants_unpatched(nb: Path) -> bool:
+    """A notebook whose metadata says `"workbook": {"unpatched_transformers": true}` (07: it loads the model
+    with plain transformers) must not run where unsloth has patched transformers' model classes."""
+    import json
+
+    return bool(json.loads(nb.read_text(encoding="utf-8"))["metadata"].get("workbook", {})
+                .get("unpatched_transformers"))
+
+
+def _imported_unsloth(km) -> bool:
+    if not km.has_kernel:
+        return False
+    code = 'import json as _j, sys as _s; print("WORKBOOK_COSTS " + _j.dumps({"unsloth": "unsloth" in _s.modules}))'
+    return _run_in_kernel(km, code).get("unsloth", False)
 
 
 def _gpu_text(cost: dict) -> str:

@@ -29,7 +29,8 @@ class Session:
         self.params = params
         self.train, self.held_out = data.load_split(Path(params["run_dir"]), params)
         self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
-        self.trainer = trainer.build(self.model, self.tokenizer, data.training_dataset(self.train), self.config)
+        self.trainer = trainer.build(self.model, self.tokenizer, data.training_dataset(self.train, params["max_seq_length"]),
+                                     self.config)
 
     def answer(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from helpers.generate import answer

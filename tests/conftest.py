@@ -56,6 +56,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                         max_position_embeddings=256, tie_word_embeddings=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_prequantized_dir(tmp_path_factory) -> Path:
+    """The tiny Llama saved *pre-quantized* (nf4, double quantization, quantization_config in config.json),
+    like the post's `-bnb-4bit` model (GPU only: bitsandbytes quantizes on the GPU)."""
+    from helpers.synthetic import prequantized_llama
+
+    folder = tmp_path_factory.mktemp("tiny-bnb")
+    return prequantized_llama(folder / "tiny-llama-bnb-4bit", folder / "scratch", hidden_size=128,
+                              intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                              num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=False)
+
+
 @pytest.fixture
 def tiny_params(tiny_model_dir, tmp_path):
     from helpers.params import DEFAULTS

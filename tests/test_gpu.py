@@ -61,7 +61,7 @@ def test_packing_keeps_samples_apart(tiny_params):
     samples = [torch.randint(5, len(tok), (n,), generator=gen).tolist() for n in lengths]
     kwargs, _ = trainers.training_config({**tiny_params, "packing": True}, Path(tiny_params["run_dir"]))
     kwargs.update(max_length=64, per_device_train_batch_size=1, max_steps=1)
-    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": samples}), None, kwargs)
+    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": samples}), kwargs)
     batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in next(iter(t.get_train_dataloader())).items()}
     assert batch["input_ids"].shape[1] == sum(lengths)  # one packed row, no padding
     model = t.model.eval()
@@ -105,3 +105,28 @@ def test_responses_only_labels_reach_the_unsloth_trainer(tiny_params, jsonl):
     assert (labels == -100).any() and (labels != -100).any()
     stats = train.run(session.trainer)
     assert stats["train_steps"] == params["max_steps"] and torch.isfinite(torch.tensor(stats["train_loss"]))
+
+
+def test_export_from_a_checkpoint_stored_in_4bit(tmp_path, tiny_prequantized_dir):
+    """The post's model is stored pre-quantized (no 16-bit weights). Train on such a checkpoint, then 07:
+    its layers are dequantized and merged into a plain 16-bit checkpoint that transformers loads without
+    peft and that computes what the adapter model computes."""
+    config = json.loads((tiny_prequantized_dir / "config.json").read_text())
+    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    assert not any(p.name.startswith("model") and p.stat().st_size > 2**20 for p in tiny_prequantized_dir.iterdir())
+    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
+                             "-p", "model_name", str(tiny_prequantized_dir), "--only", "03", "--only", "05",
+                             "--only", "07"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    check = metrics["merged_check"]
+    assert check["ok"] and check["export_dtype"] in ("bfloat16", "float16"), check
+    merged = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert "quantization_config" not in merged
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:
+        q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert tuple(q.shape) == (128, 128) and q.dtype.is_floating_point  # 16-bit weights, not packed nf4
+    notebook = (tmp_path / "07_export.ipynb").read_text()
+    assert "is stored in 4-bit (nf4)" in notebook and "merged_16bit would download" in notebook

@@ -117,6 +117,9 @@ def main() -> None:
                                               "eval_loss_base", "eval_loss_finetuned", "eval_rows_measured",
                                               "merged_check", "num_train_rows", "num_eval_rows")}}
     text = table(costs, metrics, total)
+    note = f", max_steps {args.max_steps} (a check, not the post's 120)" if args.max_steps else ""
+    print(f"\n{card}, {date.today()}, cap {args.cap_gib or 'none'} GiB{note}\n{text}", flush=True)
+    save(args.json, result)
 
     if args.fast_steps:
         fast_dir = args.work / "run-fast"
@@ -135,11 +138,14 @@ def main() -> None:
                  f"{fast['tokens_per_s']:,.0f} tokens/s ({fast['tokens_per_s'] / metrics['tokens_per_s']:.2f}x the "
                  f"post's settings); the post's {metrics['train_tokens']:,} tokens in {same_tokens_s:.0f} s instead "
                  f"of {metrics['train_runtime_s']:.0f} s")
-    note = f", max_steps {args.max_steps} (a check, not the post's 120)" if args.max_steps else ""
-    print(f"\n{card}, {date.today()}, cap {args.cap_gib or 'none'} GiB{note}\n{text}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(text.rsplit("\n", 1)[-1])
+        save(args.json, result)
+
+
+def save(path: Path | None, result: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 folder, probe, device, cap_gib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 if device == "cuda" and cap_gib:  # a card smaller than the model: the layers that don't fit wait on the CPU
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True, device_map="auto",
-                                                 max_memory={0: f"{float(cap_gib) - 1.5:.1f}GiB", "cpu": "512GiB"})
+                                                 max_memory={0: f"{float(cap_gib) - 2.5:.1f}GiB", "cpu": "512GiB"})
     device = model.device
 else:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device)

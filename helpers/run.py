@@ -131,6 +131,10 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: 
     # each notebook names only its own step's parameters and reads the rest (see params.settle).
     logging.getLogger("papermill").setLevel(logging.ERROR)
     os.environ[progress.ENV] = str(run_dir)  # kernels inherit it: steps report where they are
+    # kernels start in notebooks/: `import helpers` must find the repository without an installed package
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(rundir.REPO_ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(rundir.REPO_ROOT), *paths])
     km, costs = None, {}
     watcher = ProgressWatcher(run_dir, log)
     try:

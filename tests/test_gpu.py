@@ -113,7 +113,11 @@ def test_export_from_a_checkpoint_stored_in_4bit(tmp_path, tiny_prequantized_dir
     peft and that computes what the adapter model computes."""
     config = json.loads((tiny_prequantized_dir / "config.json").read_text())
     assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
-    assert not any(p.name.startswith("model") and p.stat().st_size > 2**20 for p in tiny_prequantized_dir.iterdir())
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_prequantized_dir / "model.safetensors"), "pt") as f:
+        stored = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert str(stored.dtype) == "torch.uint8"  # packed nf4, two weights a byte: no 16-bit copy
     result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
                              "-p", "model_name", str(tiny_prequantized_dir), "--only", "03", "--only", "05",
                              "--only", "07"], cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -123,8 +127,6 @@ def test_export_from_a_checkpoint_stored_in_4bit(tmp_path, tiny_prequantized_dir
     assert check["ok"] and check["export_dtype"] in ("bfloat16", "float16"), check
     merged = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert "quantization_config" not in merged
-    from safetensors import safe_open
-
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:
         q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
     assert tuple(q.shape) == (128, 128) and q.dtype.is_floating_point  # 16-bit weights, not packed nf4

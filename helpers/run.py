@@ -307,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         values.update(overrides)
         from helpers.checks import check_combinations
 
-        check_combinations({**P.DEFAULTS, **values})
         chosen = select(args.only)
         run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
         values["run_dir"] = str(run_dir)
+        # what the notebooks' settle() will merge, checked once here; saved, so they need not check again
+        saved = rundir.read_json(run_dir / "params.json", default={})
+        merged = {**P.DEFAULTS, **{k: v for k, v in saved.items() if k in P.BY_NAME}, **values}
+        check_combinations(merged)
+        rundir.write_json(run_dir / "params.json", merged)
         print(f"run folder: {run_dir}", flush=True)
         execute(run_dir, values, chosen, log=print, kernel=args.kernel)
     except (P.ParameterError, RunFailed) as e:

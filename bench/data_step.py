@@ -7,7 +7,7 @@ configs/llama31-8b-oig.yaml --only 03` with the bundled model's tokenizer (the p
 and the file, for the post's data handling (`dataset_format: text`, the raw text field) and for the
 chat-template path (`auto`: each `<human>:`/`<bot>:` row rendered with the tokenizer's template).
 Reports the notebook's wall time (kernel start included) and the peak memory of the processes it
-started (the kernel's). With `--baseline REV` the same runs are made with the code of an older commit
+started (the largest: the kernel). With `--baseline REV` the same runs are made with the code of an older commit
 (a git worktree), one after the other on the same machine.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,19 +32,23 @@ def measure(repo: Path, data: Path, fmt: str) -> dict:
     cmd = [sys.executable, "-m", "helpers.run", "configs/llama31-8b-oig.yaml", "--run-dir", str(run_dir),
            "--only", "03", "-p", "model_name", "bundled:SmolLM2-135M-Instruct", "-p", "dataset", str(data),
            "-p", "dataset_format", fmt]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    # a parent of its own per run: its RUSAGE_CHILDREN peak is this run's largest process (the kernel)
+    # PYTHONPATH: the kernel must import this checkout's helpers, not the installed (editable) ones
+    out = subprocess.run([sys.executable, "-c", PEAK, *cmd], cwd=repo, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
     seconds = time.perf_counter() - start
     if out.returncode != 0:
         sys.exit(f"{repo}: the run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kib = int(out.stderr.strip().splitlines()[-1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     notebook = metrics.get("notebook_costs", {}).get("03_dataset", {})
-    return {"format": fmt, "runner_s": seconds, "notebook_s": notebook.get("wall_s"),
-            # ru_maxrss of children is the largest one so far: valid when this run set a new maximum
-            "peak_rss_gib": notebook.get("peak_rss_gib") or (peak / 2**20 if peak > before else None),
+    return {"format": fmt, "runner_s": seconds, "notebook_s": notebook.get("wall_s"), "peak_rss_gib": peak_kib / 2**20,
             "kept": metrics.get("num_train_rows", 0) + metrics.get("num_eval_rows", 0)}
+
+
+PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
 
 
 def worktree(rev: str) -> Path:

@@ -16,6 +16,7 @@ on, so a later step can tell when 03 must run again.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -71,13 +72,27 @@ def prepare(params: dict, tokenizer) -> Prepared:
     shutil.rmtree(run_dir / "data", ignore_errors=True)
     report = Report(source=str(params["dataset"]), max_seq_length=params["max_seq_length"])
     try:
-        prepared = _prepare(params, tokenizer, report)
+        with no_cycle_collection():
+            prepared = _prepare(params, tokenizer, report)
     except DatasetError as e:
         report.error = str(e)
         rundir.write_json(run_dir / "data_report.json", asdict(report))
         raise
     rundir.write_json(run_dir / "data_report.json", asdict(report))
     return prepared
+
+
+@contextlib.contextmanager
+def no_cycle_collection():
+    """Python's cycle collector runs again and again while millions of row objects are made (none of
+    them in a cycle): a sixth of 03's time at 210k rows. Off for the block, back on after."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _prepare(params: dict, tokenizer, report: Report) -> Prepared:

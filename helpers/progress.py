@@ -41,7 +41,7 @@ def line(fields: dict) -> str:
         text = f"step {fields['step']}/{fields['of']}"
         if fields.get("loss") is not None:
             text += f", loss {fields['loss']:.4f}"
-        if fields.get("left_s") is not None:
+        if (fields.get("left_s") or 0) >= 1:
             text += f", about {_duration(fields['left_s'])} left"
         return text
     if "rows" in fields:

@@ -83,3 +83,25 @@ def test_notebooks_check_when_run_alone(tmp_path):
 
     with pytest.raises(ParameterError, match="'warmup_steps' = 50"):
         params.settle(tmp_path, {"warmup_steps": 50, "max_steps": 4})
+
+
+def test_a_checkpoint_stored_in_4bit_needs_a_gpu(tmp_path):
+    """The post's model has no 16-bit weights: on a CPU it cannot load at all, so it is refused at once."""
+    import json
+
+    folder = tmp_path / "llama-bnb-4bit"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}))
+    from helpers.model import is_prequantized
+
+    assert is_prequantized(str(folder)) and not is_prequantized(str(tmp_path))
+    assert is_prequantized("unsloth/Meta-Llama-3.1-8B-bnb-4bit")  # a hub id: by its name
+    rejects("is stored in 4-bit .* loads only on an NVIDIA GPU", model_name=str(folder))
+
+
+def test_target_modules_are_checked_against_the_models_layers(bundled_dir):
+    names = checks.linear_layer_names(bundled_dir)
+    assert set(DEFAULTS["target_modules"]) <= names and "lm_head" in names
+    rejects(r"names \['nope_proj'\], which are no layers of .*Its linear layers: \[",
+            target_modules=["q_proj", "nope_proj"])

@@ -24,3 +24,14 @@ def test_auto_turns_checkpointing_off_only_when_it_fits():
 def test_explicit_choice_is_kept():
     assert choose_checkpointing("unsloth", LLAMA_8B, 2, 2048, free_bytes=10**15) == ("unsloth", None)
     assert choose_checkpointing(False, LLAMA_8B, 2, 2048, free_bytes=1) == (False, None)
+
+
+def test_gpu_cap_comes_from_the_environment(monkeypatch):
+    from helpers.memory import CAP_ENV, gpu_cap_bytes
+
+    monkeypatch.delenv(CAP_ENV, raising=False)
+    assert gpu_cap_bytes() is None
+    monkeypatch.setenv(CAP_ENV, "15")
+    assert gpu_cap_bytes() == 15 * GIB
+    monkeypatch.setenv(CAP_ENV, "0.5")
+    assert gpu_cap_bytes() == GIB // 2

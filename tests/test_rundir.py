@@ -50,3 +50,24 @@ def test_find_file_tries_cwd_then_repo_root(monkeypatch, tmp_path):
     (tmp_path / "data" / "pip_chip2.jsonl").write_text("{}\n")
     assert rundir.find_file("data/pip_chip2.jsonl") == tmp_path / "data" / "pip_chip2.jsonl"
     assert rundir.find_file("nope.jsonl") is None
+
+
+def test_progress_lines_read_like_a_person_would_write_them():
+    from helpers import progress
+
+    assert progress.line({"step": 30, "of": 120, "loss": 1.23456, "left_s": 130}) == \
+        "step 30/120, loss 1.2346, about 2 min 10 s left"
+    assert progress.line({"step": 1, "of": 4, "loss": None, "left_s": None}) == "step 1/4"
+    assert progress.line({"rows": 4096, "of": 210289, "what": "rows checked and tokenized"}) == \
+        "4,096/210,289 rows checked and tokenized"
+
+
+def test_progress_is_written_only_under_the_runner(tmp_path, monkeypatch):
+    from helpers import progress
+
+    monkeypatch.delenv(progress.ENV, raising=False)
+    progress.note(force=True, step=1, of=2)
+    assert not (tmp_path / "progress.json").exists()
+    monkeypatch.setenv(progress.ENV, str(tmp_path))
+    progress.note(force=True, step=1, of=2)
+    assert json.loads((tmp_path / "progress.json").read_text())["step"] == 1

@@ -1,6 +1,7 @@
 """The whole chain through the runner, on the smoke config, and its failure modes."""
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -62,6 +63,12 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     for key in METRIC_KEYS[4:]:
         assert math.isfinite(metrics[key]) and metrics[key] > 0, key
     assert metrics["train_steps"] == 4
+    # the runner showed 05's progress while it trained, and recorded what each notebook cost
+    assert re.search(r"05_train_and_save: step \d/4, loss \d", result.stdout), result.stdout
+    costs = metrics["notebook_costs"]
+    assert list(costs) == [nb.stem for nb in sorted((REPO / "notebooks").glob("0*.ipynb"))]
+    assert all(c["wall_s"] > 0 for c in costs.values()) and costs["01_load_model"]["load_s"] > 0
+    assert costs["03_dataset"]["load_s"] == 0  # 03 loads no model
     params = json.loads((run_dir / "params.json").read_text())
     assert params["max_steps"] == 4 and params["max_seq_length"] == 128  # the config reached every step
     assert len(json.loads((run_dir / "log_history.json").read_text())) >= 4  # for helpers.compare
@@ -103,6 +110,20 @@ def test_only_reruns_one_step_with_an_override(smoke_run):
     assert "[1/1] 03_dataset ... ok" in result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_eval_rows"] == 20
+
+
+@pytest.mark.slow
+def test_fresh_kernels_run_the_same_steps(tmp_path):
+    """--kernel fresh (a kernel per notebook, as in JupyterLab) gives what the shared kernel gives."""
+    from helpers import data
+
+    for kernel in ("fresh", "shared"):
+        result = runner("configs/smoke.yaml", "--run-dir", tmp_path / kernel, "--only", "03", "--only", "04",
+                        "--kernel", kernel)
+        assert result.returncode == 0, result.stderr
+        assert "[2/2] 04_trainer ... ok" in result.stdout
+    fresh, shared = data.load_split(tmp_path / "fresh"), data.load_split(tmp_path / "shared")
+    assert fresh[0]["input_ids"] == shared[0]["input_ids"] and fresh[1]["text"] == shared[1]["text"]
 
 
 def test_unknown_parameter_stops_before_any_notebook(tmp_path):

@@ -8,6 +8,7 @@ second with a message naming the parameter, the value and what is allowed, rathe
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import json
 import re
@@ -144,13 +145,30 @@ def _check_trainer_names(params: dict) -> None:
     """`optim` and `lr_scheduler_type` must be names that transformers knows."""
     import difflib
 
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
-    for name, known in (("optim", [o.value for o in OptimizerNames]),
-                        ("lr_scheduler_type", [s.value for s in SchedulerType])):
+    for name, known in (("optim", enum_values("training_args", "OptimizerNames")),
+                        ("lr_scheduler_type", enum_values("trainer_utils", "SchedulerType"))):
         if params[name] not in known:
             near = difflib.get_close_matches(params[name], known, n=1)
             hint = f" Did you mean '{near[0]}'?" if near else ""
             raise ParameterError(f"Parameter '{name}' = '{params[name]}' is not a name transformers knows.{hint} "
                                  f"Known: {', '.join(sorted(known)[:12])}, ...")
+
+
+@functools.lru_cache(maxsize=None)
+def enum_values(module: str, enum: str) -> list[str]:
+    """The string values of an enum in transformers' module `module`, read from its source: importing
+    `transformers.training_args` takes seconds (torch, accelerate, peft), reading the file milliseconds.
+    Falls back to the import when the source does not have the expected shape."""
+    import ast
+
+    spec = importlib.util.find_spec(f"transformers.{module}")
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == enum).body
+        values = [n.value.value for n in body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                  and isinstance(n.value.value, str)]
+        if values:
+            return values
+    except (StopIteration, OSError, SyntaxError, AttributeError):
+        pass
+    return [e.value for e in getattr(importlib.import_module(f"transformers.{module}"), enum)]

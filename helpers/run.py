@@ -16,6 +16,7 @@ from pathlib import Path
 
 from helpers import params as P
 from helpers import rundir
+from helpers.kernels import Kernels
 
 NOTEBOOK_DIR = rundir.REPO_ROOT / "notebooks"
 
@@ -86,65 +87,39 @@ def failed_cell(notebook_path: Path) -> str:
     return "an unknown cell"
 
 
-# Run in the kernel before each notebook when the kernel is shared: the notebook starts from an empty
-# namespace, as after a restart, with every library already imported (the time that is saved).
-_FRESH_NAMESPACE = """
-get_ipython().run_line_magic("reset", "-f")
-import gc as _gc, os as _os, sys as _sys
-_os.environ["WORKBOOK_NOTEBOOK"] = {name!r}
-if "matplotlib.pyplot" in _sys.modules:
-    _sys.modules["matplotlib.pyplot"].close("all")
-_gc.collect()
-if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
-    _sys.modules["torch"].cuda.empty_cache()
-    _sys.modules["torch"].cuda.reset_peak_memory_stats()
-if "helpers.model" in _sys.modules:
-    _sys.modules["helpers.model"].LOAD_SECONDS.clear()
-"""
-# Run in the kernel after each notebook: what it cost in model loading and GPU memory.
-_COSTS = """
-import json as _json, resource as _resource, sys as _sys
-_c = {"peak_rss_gib": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 2**20, "load_s": sum(_sys.modules["helpers.model"].LOAD_SECONDS) if "helpers.model" in _sys.modules else 0.0}
-if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
-    _c["peak_gpu_gib"] = _sys.modules["torch"].cuda.max_memory_reserved() / 2**30
-print("WORKBOOK_COSTS " + _json.dumps(_c))
-"""
+def prepare_environment(run_dir: Path) -> None:
+    """What every kernel of the run inherits: where to report progress, and where `helpers` is (kernels
+    start in notebooks/, and the repository need not be an installed package)."""
+    import os
+
+    from helpers import progress
+
+    os.environ[progress.ENV] = str(run_dir)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(rundir.REPO_ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(rundir.REPO_ROOT), *paths])
 
 
-def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: str = "shared") -> dict:
-    """Run `chosen` notebooks in order; returns per notebook its wall time, model-load time and peak GPU
-    memory (also saved as notebook_costs in metrics.json).
-
-    `kernel`: `shared` runs them one after another in one Python kernel, the namespace emptied before
-    each (as after a restart), so that torch, transformers and unsloth are imported once per run rather
-    than once per notebook; `fresh` starts a new kernel for each, as JupyterLab does.
-    """
+def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels: Kernels | None = None) -> dict:
+    """Run `chosen` notebooks in order in the kernels `kernels` hands out (default: one shared kernel,
+    see helpers.kernels); returns per notebook its wall time, model-load time and peak memory (also
+    saved as notebook_costs in metrics.json)."""
     import logging
     import os
 
     import papermill as pm
-    from jupyter_client.manager import KernelManager
-
-    from helpers import progress
 
     # papermill warns for every config value a notebook's parameters cell does not name; by design
     # each notebook names only its own step's parameters and reads the rest (see params.settle).
     logging.getLogger("papermill").setLevel(logging.ERROR)
-    os.environ[progress.ENV] = str(run_dir)  # kernels inherit it: steps report where they are
-    # kernels start in notebooks/: `import helpers` must find the repository without an installed package
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(rundir.REPO_ROOT) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(rundir.REPO_ROOT), *paths])
-    km, costs = None, {}
+    prepare_environment(run_dir)
+    kernels = kernels or Kernels("shared", uses_unsloth(values), NOTEBOOK_DIR)
+    costs = {}
     watcher = ProgressWatcher(run_dir, log)
     try:
         for i, nb in enumerate(chosen, start=1):
-            if km is None or kernel == "fresh" or (_wants_unpatched(nb) and _imported_unsloth(km)):
-                _shutdown(km)
-                km = KernelManager(kernel_name="python3")
             os.environ["WORKBOOK_NOTEBOOK"] = nb.stem
-            if km.has_kernel:
-                _run_in_kernel(km, _FRESH_NAMESPACE.format(name=nb.stem))
+            km = kernels.for_notebook(nb)
             head = f"[{i}/{len(chosen)}] {nb.stem} ..."
             log(head, flush=True)
             out = run_dir / nb.name
@@ -152,8 +127,7 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: 
             watcher.start(nb.stem)
             try:
                 pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
-                                    progress_bar=False, kernel_name="python3", log_output=False, km=km,
-                                    extra_arguments=["--log-level=ERROR"])  # quiet kernel start-up warnings
+                                    progress_bar=False, kernel_name="python3", log_output=False, km=km)
             except pm.PapermillExecutionError as e:
                 watcher.stop()
                 log(f"{head} FAILED")
@@ -161,63 +135,26 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernel: 
                 raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}\n"
                                 f"The executed notebook with the traceback: {out}") from None
             watcher.stop()
-            cost = {"wall_s": time.perf_counter() - start, **_run_in_kernel(km, _COSTS),
-                    **watcher.gpu_peak()}
+            cost = {"wall_s": time.perf_counter() - start, **kernels.costs(), **watcher.gpu_peak()}
             costs[nb.stem] = cost
             log(f"{head} ok ({cost['wall_s']:.0f} s{_gpu_text(cost)})", flush=True)
             show_data_report(run_dir, nb, started_at, log)
     finally:
         watcher.stop()
-        _shutdown(km)
+        kernels.shutdown()
     rundir.update_metrics(run_dir, notebook_costs=costs)
     return costs
 
 
-def _wants_unpatched(nb: Path) -> bool:
-    """A notebook whose metadata says `"workbook": {"unpatched_transformers": true}` (07: it loads the model
-    with plain transformers) must not run where unsloth has patched transformers' model classes."""
-    import json
+def uses_unsloth(values: dict) -> bool:
+    """Whether the run's model steps take the unsloth backend on this machine."""
+    from helpers.model import choose_backend
 
-    return bool(json.loads(nb.read_text(encoding="utf-8"))["metadata"].get("workbook", {})
-                .get("unpatched_transformers"))
-
-
-def _imported_unsloth(km) -> bool:
-    if not km.has_kernel:
-        return False
-    code = 'import json as _j, sys as _s; print("WORKBOOK_COSTS " + _j.dumps({"unsloth": "unsloth" in _s.modules}))'
-    return _run_in_kernel(km, code).get("unsloth", False)
+    return choose_backend({**P.DEFAULTS, **values}["backend"]) == "unsloth"
 
 
 def _gpu_text(cost: dict) -> str:
     return f", peak GPU {cost['peak_gpu_gib']:.1f} GiB" if "peak_gpu_gib" in cost else ""
-
-
-def _shutdown(km) -> None:
-    if km is not None and km.has_kernel:
-        km.shutdown_kernel(now=True)
-
-
-def _run_in_kernel(km, code: str) -> dict:
-    """Run `code` in the kernel of `km`; returns the JSON it prints after WORKBOOK_COSTS, if any."""
-    import json
-
-    found = {}
-
-    def output(msg):
-        text = msg.get("content", {}).get("text", "")
-        for line in text.splitlines():
-            if line.startswith("WORKBOOK_COSTS "):
-                found.update(json.loads(line.split(" ", 1)[1]))
-
-    client = km.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
-        client.execute_interactive(code, store_history=False, output_hook=output, timeout=120)
-    finally:
-        client.stop_channels()
-    return found
 
 
 class ProgressWatcher:
@@ -300,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="shared (default): one kernel for all notebooks, emptied before each, so libraries "
                          "are imported once; fresh: a new kernel per notebook, as JupyterLab does")
     args = ap.parse_args(argv)
+    kernels = None
     try:
         values = P.load_config(args.config)
         overrides = {name: parse_value(value) for name, value in args.parameter}
@@ -310,14 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         chosen = select(args.only)
         run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
         values["run_dir"] = str(run_dir)
+        # the first kernel starts, and imports its libraries, while this process checks the parameters
+        prepare_environment(run_dir)
+        kernels = Kernels(args.kernel, uses_unsloth(values), NOTEBOOK_DIR)
+        kernels.start(kernels.flavour_for(chosen[0]), background=True)
         # what the notebooks' settle() will merge, checked once here; saved, so they need not check again
         saved = rundir.read_json(run_dir / "params.json", default={})
         merged = {**P.DEFAULTS, **{k: v for k, v in saved.items() if k in P.BY_NAME}, **values}
         check_combinations(merged)
         rundir.write_json(run_dir / "params.json", merged)
         print(f"run folder: {run_dir}", flush=True)
-        execute(run_dir, values, chosen, log=print, kernel=args.kernel)
+        execute(run_dir, values, chosen, log=print, kernels=kernels)
     except (P.ParameterError, RunFailed) as e:
+        if kernels is not None:
+            kernels.shutdown()
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, P.ParameterError) else 1
     metrics = rundir.read_json(run_dir / "metrics.json", default={})

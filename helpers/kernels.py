@@ -1,0 +1,146 @@
+"""The Python kernels the runner executes notebooks in.
+
+Starting a kernel and importing torch, transformers and unsloth costs seconds (on a GPU machine, tens of
+seconds) before a notebook does anything. So by default (`shared`) one kernel runs the notebooks one
+after another, its namespace emptied before each, as after a restart: the libraries are imported once.
+
+A kernel has a flavour. Where the run uses unsloth, its kernel imports unsloth first, before
+transformers, as unsloth requires; a notebook that loads the model with plain transformers (07, marked
+`"workbook": {"unpatched_transformers": true}` in its metadata) must not run where unsloth has patched
+transformers' model classes, so it gets a plain kernel, and the next notebook an unsloth one again.
+`fresh` starts a new kernel for every notebook, as JupyterLab does.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+# Before each notebook in a shared kernel: an empty namespace, figures closed, GPU cache released, and the
+# peak-memory counters reset, so that each notebook's figures are its own.
+FRESH_NAMESPACE = """
+get_ipython().run_line_magic("reset", "-f")
+import gc as _gc, os as _os, sys as _sys
+_os.environ["WORKBOOK_NOTEBOOK"] = {name!r}
+if "matplotlib.pyplot" in _sys.modules:
+    _sys.modules["matplotlib.pyplot"].close("all")
+_gc.collect()
+if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
+    _sys.modules["torch"].cuda.empty_cache()
+    _sys.modules["torch"].cuda.reset_peak_memory_stats()
+if "helpers.model" in _sys.modules:
+    _sys.modules["helpers.model"].LOAD_SECONDS.clear()
+"""
+# After each notebook: what it cost in model loading and memory.
+COSTS = """
+import json as _json, resource as _resource, sys as _sys
+_c = {"peak_rss_gib": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 2**20,
+      "load_s": sum(_sys.modules["helpers.model"].LOAD_SECONDS) if "helpers.model" in _sys.modules else 0.0}
+if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
+    _c["peak_gpu_gib"] = _sys.modules["torch"].cuda.max_memory_reserved() / 2**30
+print("WORKBOOK_RESULT " + _json.dumps(_c))
+"""
+# Right after a kernel starts: the libraries every notebook of the run needs (unsloth first, where used).
+WARM = {"unsloth": "import unsloth\n", "plain": ""}
+WARM_COMMON = "import torch, transformers, pandas, matplotlib.pyplot\nimport helpers.model, helpers.params\n"
+
+
+def wants_unpatched(notebook: Path) -> bool:
+    meta = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]
+    return bool(meta.get("workbook", {}).get("unpatched_transformers"))
+
+
+class Kernels:
+    """Hands out the kernel each notebook runs in (`for_notebook`), starting and stopping them as the
+    mode and the notebooks' flavours ask."""
+
+    def __init__(self, mode: str, uses_unsloth: bool, cwd: Path):
+        self.mode, self.uses_unsloth, self.cwd = mode, uses_unsloth, cwd
+        self.km, self.flavour, self.warming = None, None, None
+
+    def flavour_for(self, notebook: Path) -> str:
+        return "unsloth" if self.uses_unsloth and not wants_unpatched(notebook) else "plain"
+
+    def start(self, flavour: str, background: bool = False) -> None:
+        """A new kernel of `flavour`, its imports running (in a thread with `background`, so that the
+        runner can do its own work meanwhile)."""
+        from jupyter_client.manager import KernelManager
+
+        self.shutdown()
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(self.cwd), extra_arguments=["--log-level=ERROR"])
+        self.flavour = flavour
+        warm = WARM[flavour] + WARM_COMMON
+        if background:
+            self.warming = Background(run_in_kernel, self.km, warm)
+        else:
+            run_in_kernel(self.km, warm)
+
+    def for_notebook(self, notebook: Path):
+        """The kernel manager to run `notebook` in, its namespace empty."""
+        if self.warming is not None:
+            self.warming, warming = None, self.warming
+            warming.result()
+        flavour = self.flavour_for(notebook)
+        if self.km is None or self.mode == "fresh" or flavour != self.flavour:
+            self.start(flavour)
+        run_in_kernel(self.km, FRESH_NAMESPACE.format(name=notebook.stem))
+        return self.km
+
+    def costs(self) -> dict:
+        return run_in_kernel(self.km, COSTS)
+
+    def shutdown(self) -> None:
+        if self.warming is not None:
+            self.warming.thread.join()  # its error, if any, no longer matters
+            self.warming = None
+        if self.km is not None and self.km.has_kernel:
+            self.km.shutdown_kernel(now=True)
+        self.km = None
+
+
+class Background:
+    """`function(*args)` in a thread; `result()` waits and raises what it raised."""
+
+    def __init__(self, function, *args):
+        self.value, self.error = None, None
+
+        def work():
+            try:
+                self.value = function(*args)
+            except BaseException as e:  # handed to the caller of result()
+                self.error = e
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def run_in_kernel(km, code: str) -> dict:
+    """Run `code` in the kernel of `km`; returns the JSON it prints after WORKBOOK_RESULT, if any.
+    Raises when the code fails (a kernel that cannot import its libraries is no kernel to run in)."""
+    found, errors = {}, []
+
+    def output(msg):
+        content = msg.get("content", {})
+        if msg.get("msg_type") == "error":
+            errors.append(f"{content.get('ename')}: {content.get('evalue')}")
+        for line in content.get("text", "").splitlines():
+            if line.startswith("WORKBOOK_RESULT "):
+                found.update(json.loads(line.split(" ", 1)[1]))
+
+    client = km.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        client.execute_interactive(code, store_history=False, output_hook=output, timeout=600)
+    finally:
+        client.stop_channels()
+    if errors:
+        raise RuntimeError(f"The notebook kernel could not run the runner's code: {errors[0]}")
+    return found

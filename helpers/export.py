@@ -159,13 +159,8 @@ import json, sys
 sys.modules["peft"] = None  # any attempt to import peft now raises ImportError
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, probe, device, cap_gib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-if device == "cuda" and cap_gib:  # a card smaller than the model: the layers that don't fit wait on the CPU
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True, device_map="auto",
-                                                 max_memory={0: f"{float(cap_gib) - 2.5:.1f}GiB", "cpu": "512GiB"})
-    device = model.device
-else:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device)
+folder, probe, device = sys.argv[1], sys.argv[2], sys.argv[3]
+model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device)
 tok = AutoTokenizer.from_pretrained(folder)
 with torch.no_grad():
     logits = model(**tok(probe, return_tensors="pt").to(device)).logits.float().cpu()
@@ -174,18 +169,29 @@ print(json.dumps({"dtype": str(model.dtype), "logits": logits.tolist()}))
 
 
 def reload_without_peft(folder: Path, device: str | None = None) -> dict:
-    """Load `folder` with plain transformers (peft blocked) on `device` (default: the GPU if there is
-    one, where the adapter model ran, so that only the merge differs); its dtype and probe logits."""
-    import torch
-
-    from helpers.memory import CAP_ENV
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, device, os.environ.get(CAP_ENV, "")],
-                         capture_output=True, text=True, timeout=600)
+    """Load `folder` with plain transformers (peft blocked) on `device` and return its dtype and probe
+    logits. Default: the GPU, where the adapter model ran, so that only the merge differs, when the
+    merged weights fit in its free memory (under WORKBOOK_GPU_MEMORY_GIB, if set); else the CPU: the
+    post's 8B model merged in 16-bit is 15 GiB, more than a 16 GB card holds beside anything else."""
+    device = device or ("cuda" if fits_on_gpu(folder) else "cpu")
+    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, device],
+                         capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"Plain transformers could not load {folder}:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fits_on_gpu(folder: Path, margin: float = 1.15) -> bool:
+    """Whether the weights in `folder` (with room for activations) fit the GPU memory this process may
+    still use; False without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    from helpers.memory import free_gpu_bytes
+
+    size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    return size * margin + 2**30 < free_gpu_bytes()
 
 
 def check(adapter_logits, reloaded: dict, dtype: str) -> dict:

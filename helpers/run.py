@@ -1,6 +1,6 @@
 """Run the numbered notebooks headless with papermill, in order, into one run folder.
 
-    python -m helpers.run CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]... [--only NN]...
+    python -m helpers.run CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]... [--only NN]... [--kernel shared|fresh]
 
 Each executed notebook, the adapter, metrics.json and the plots land in the run folder
 (default: runs/<config name>-<UTC time>). A failing cell stops the run and names the notebook and cell.

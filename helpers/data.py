@@ -149,7 +149,7 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
     limit = params["max_seq_length"]
     for chunk_start in range(0, len(converted), CHUNK):
         chunk = converted[chunk_start:chunk_start + CHUNK]
-        rendered = [_render(tokenizer, messages, raw.source, where, responses_only) for _, where, messages in chunk]
+        rendered = _render_chunk(tokenizer, chunk, raw.source, responses_only)
         encodings = encode(tokenizer, [text for text, _ in rendered], offsets=responses_only)
         if not responses_only and params["on_long_rows"] == "truncate":  # offsets only where a row is cut
             long = [i for i, (ids, _) in enumerate(encodings) if len(ids) > limit]
@@ -205,6 +205,17 @@ def _template(tokenizer, fmt: str) -> str:
     if formats.ensure_chat_template(tokenizer) or tokenizer.chat_template == formats.PLAIN_CHAT_TEMPLATE:
         return "plain <human>:/<bot>: template (the tokenizer has no chat template)"
     return "the tokenizer's chat template"
+
+
+def _render_chunk(tokenizer, chunk: list, source: str, spans: bool) -> list[tuple[str, list | None]]:
+    """(text, answer spans or None) for each (ordinal, where, messages) of `chunk`: in one template call
+    where no spans are needed; row by row otherwise, or to name the row a template refuses."""
+    if not spans:
+        try:
+            return [(text, None) for text in formats.render_texts(tokenizer, [m for _, _, m in chunk])]
+        except Exception:  # a template can raise anything; find the row it refuses, below
+            pass
+    return [_render(tokenizer, messages, source, where, spans) for _, where, messages in chunk]
 
 
 def _render(tokenizer, messages, source: str, where: str, spans: bool = True):

@@ -167,6 +167,19 @@ def render_text(tokenizer, messages) -> str:
     return text if not eos or text.rstrip().endswith(eos) else text + eos
 
 
+def render_texts(tokenizer, rows: list) -> list[str]:
+    """`render_text` for many rows: one chat-template call for all the conversations among them (the
+    template is compiled once, and the per-call overhead, three quarters of the time, is paid once)."""
+    chats = [i for i, row in enumerate(rows) if not isinstance(row, str)]
+    texts = [render_text(tokenizer, row) if isinstance(row, str) else None for row in rows]
+    if chats:
+        eos = tokenizer.eos_token or ""
+        rendered = tokenizer.apply_chat_template([rows[i] for i in chats], tokenize=False)
+        for i, text in zip(chats, rendered):
+            texts[i] = text if not eos or text.rstrip().endswith(eos) else text + eos
+    return texts
+
+
 def render(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
     """`render_text` and the character spans of the assistant turns.
 

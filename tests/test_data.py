@@ -399,3 +399,18 @@ def test_one_leftover_row_read_as_text_still_names_the_file(tmp_path, prep):
     with pytest.raises(DatasetError, match=rf"{bad}: only 1 usable row \(read 3, dropped: 1 unparsable, "
                                            r"1 wrong type; read as format 'text'"):
         prep(bad)
+
+
+def test_a_row_the_chat_template_refuses_is_named(jsonl, prep, chat_tok):
+    """Rows are rendered in one template call per batch; when the template raises, the row is found."""
+    import copy
+
+    tok = copy.deepcopy(chat_tok)
+    tok.chat_template = ("{% for m in messages %}{% if m['content'] == 'boom' %}{{ raise_exception('cannot do boom') }}"
+                         "{% endif %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in [("hi", "hello"), ("boom", "no"), ("bye", "ciao")]]
+    with pytest.raises(DatasetError, match=r"line 2: the chat template cannot render this row: cannot do boom"):
+        prep(jsonl(rows), tok=tok)
+    ok = prep(jsonl(rows[:1] + rows[2:]), tok=tok, eval_fraction=0)
+    assert ok.rows[0]["text"] == "user: hi\nassistant: hello\n<|im_end|>"  # EOS appended after the template

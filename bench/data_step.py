@@ -6,7 +6,7 @@ Makes the file once (helpers.synthetic.oig_file, in /tmp), then runs `python -m 
 configs/llama31-8b-oig.yaml --only 03` with the bundled model's tokenizer (the post's model needs the hub)
 and the file, for the post's data handling (`dataset_format: text`, the raw text field) and for the
 chat-template path (`auto`: each `<human>:`/`<bot>:` row rendered with the tokenizer's template).
-Reports the notebook's wall time (kernel start included) and the peak memory of the processes it
+Reports the whole runner's time (process and kernel start, imports, checks) and the notebook's own, and the peak memory of the processes it
 started (the largest: the kernel). With `--baseline REV` the same runs are made with the code of an older commit
 (a git worktree), one after the other on the same machine.
 """
@@ -81,12 +81,12 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(repo)], cwd=REPO, capture_output=True)
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\n03_dataset on {args.rows:,} OIG-format rows ({data.stat().st_size / 2**20:.0f} MiB), {cpu}\n")
-    print("| code | dataset_format | notebook 03 (kernel start included) | whole runner | peak memory (kernel) | rows kept |")
+    print("| code | dataset_format | whole runner (kernel start, imports, checks) | notebook 03 alone | peak memory (kernel) | rows kept |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:
         nb = f"{r['notebook_s']:.1f} s" if r["notebook_s"] else "-"
         rss = f"{r['peak_rss_gib']:.2f} GiB" if r["peak_rss_gib"] else "-"
-        print(f"| {r['code']} | {r['format']} | {nb} | {r['runner_s']:.1f} s | {rss} | {r['kept']:,} |")
+        print(f"| {r['code']} | {r['format']} | {r['runner_s']:.1f} s | {nb} | {rss} | {r['kept']:,} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": args.rows, "cpu": cpu, "results": results}, indent=2) + "\n")
 

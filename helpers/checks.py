@@ -11,7 +11,6 @@ import functools
 import importlib
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 from helpers.params import ParameterError
@@ -37,9 +36,6 @@ def model_config(model_name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
 def check_sources(params: dict) -> None:
     """A local model folder or dataset file that does not exist is an error now, not after minutes of
     loading (a name shaped like a hub id, `org/name`, is left to the hub)."""
@@ -47,7 +43,7 @@ def check_sources(params: dict) -> None:
     from helpers import model as models
 
     name = params["model_name"]
-    if not name.startswith(models.BUNDLED_PREFIX) and not HUB_ID.fullmatch(name):
+    if not name.startswith(models.BUNDLED_PREFIX) and not data_read.HUB_ID.fullmatch(name):
         folder = Path(name).expanduser()
         if not folder.is_dir():
             raise ParameterError(f"Parameter 'model_name' = '{name}': no such folder. Expected a saved model "

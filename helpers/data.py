@@ -414,7 +414,7 @@ def example(row: dict, tokenizer=None, mark_answers: bool = True, width: int = 1
     text, out, pos = row["text"], [], 0
     spans = row.get("spans")
     if spans is None and mark_answers and row.get("messages") and tokenizer is not None:
-        full, spans = formats.render(tokenizer, row["messages"])
+        _, spans = formats.render(tokenizer, row["messages"])
         spans = [(s, min(e, len(text))) for s, e in spans if s < len(text)]  # the row may be truncated
     for s, e in spans if mark_answers and row.get("messages") else []:
         out += [text[pos:s], "[[", text[s:e], "]]"]

@@ -66,8 +66,11 @@ def is_url(name: str) -> bool:
     return urlparse(name).scheme in ("http", "https")
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # `org/name`, as the hub names models and datasets
+
+
 def is_hub_name(name: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not name.lower().endswith(SUFFIXES)
+    return bool(HUB_ID.fullmatch(name)) and not name.lower().endswith(SUFFIXES)
 
 
 def locate(dataset: str) -> tuple[str, Path | None]:

@@ -45,7 +45,7 @@ def mean_token_loss(model, dataset, batch_size: int) -> float:
     at a time, so memory stays bounded on long rows and large vocabularies."""
     import torch
 
-    rows = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    rows = sorted((dataset[i] for i in range(len(dataset))), key=lambda row: len(row["input_ids"]))
     total, count = 0.0, 0
     decoder, head = _decoder_and_head(model)
     device = next(model.parameters()).device
@@ -53,7 +53,7 @@ def mean_token_loss(model, dataset, batch_size: int) -> float:
     model.eval()
     try:
         with torch.no_grad():
-            for batch in _batches(dataset, rows, batch_size):
+            for batch in _batches(rows, batch_size):
                 ids, labels, mask = (t.to(device) for t in _pad(batch))
                 hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
                 loss, n = _chunked_nll(head, hidden[:, :-1], labels[:, 1:])
@@ -69,10 +69,11 @@ def _decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def _batches(dataset, order: list[int], batch_size: int):
+def _batches(rows: list[dict], batch_size: int):
+    """Consecutive rows (sorted by length) in batches of at most `batch_size` rows and TOKENS_PER_BATCH
+    positions, padding included."""
     batch, width = [], 0
-    for i in order:
-        row = dataset[i]
+    for row in rows:
         n = len(row["input_ids"])
         if batch and (len(batch) == batch_size or max(width, n) * (len(batch) + 1) > TOKENS_PER_BATCH):
             yield batch
@@ -113,8 +114,7 @@ def _chunked_nll(head, hidden, labels) -> tuple[float, int]:
 
 def eval_rows(held_out, params: dict):
     """The held-out rows that are measured: the first `max_eval_rows` (the split is already shuffled)."""
-    n = min(len(held_out), params["max_eval_rows"])
-    return held_out.select(range(n)) if hasattr(held_out, "select") else held_out[:n]
+    return held_out.select(range(min(len(held_out), params["max_eval_rows"])))
 
 
 def held_out_loss(model, held_out, params: dict) -> float | None:
@@ -123,9 +123,7 @@ def held_out_loss(model, held_out, params: dict) -> float | None:
         return None
     from helpers.data import training_dataset
 
-    rows = eval_rows(held_out, params)
-    return mean_token_loss(model, training_dataset(rows) if hasattr(rows, "column_names") else rows,
-                           params["per_device_eval_batch_size"])
+    return mean_token_loss(model, training_dataset(eval_rows(held_out, params)), params["per_device_eval_batch_size"])
 
 
 LOSS_KEYS = ("eval_loss_base", "eval_loss_finetuned", "perplexity_base", "perplexity_finetuned", "eval_rows_measured")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 def load(params: dict):
     """(model, tokenizer, where from): the merged folder of step 7 when there is one (plain
-    transformers), else the base model with the adapter of step 5."""
+    transformers), else the base model with the adapter of step 5. "Where from" names the run
+    folder's parts, not a machine's paths."""
     from helpers import evaluate
     from helpers import model as models
 
@@ -20,9 +21,18 @@ def load(params: dict):
         model = AutoModelForCausalLM.from_pretrained(merged, dtype="auto", use_safetensors=True)
         if torch.cuda.is_available():
             model = model.to("cuda")
-        return model.eval(), models.prepare_tokenizer(AutoTokenizer.from_pretrained(merged)), str(merged)
+        return (model.eval(), models.prepare_tokenizer(AutoTokenizer.from_pretrained(merged)),
+                "the merged model of step 7 (run folder: merged/), loaded by plain transformers")
     model, tokenizer, info = evaluate.load_finetuned(params)
-    return model, tokenizer, f"{info.model_name} + {evaluate.adapter_dir(params['run_dir'])}"
+    return model, tokenizer, f"{info.model_name} with the adapter of step 5 (run folder: adapter/)"
+
+
+def start(model, tokenizer, params: dict) -> "Chat":
+    """A conversation with the run's system message (`system_message`, as the training rows had it)."""
+    from helpers.formats import system_message_for
+
+    return Chat(model, tokenizer, params["chat_max_new_tokens"],
+                system=system_message_for(tokenizer, params["system_message"]))
 
 
 @dataclass
@@ -85,7 +95,7 @@ class Chat:
     messages: list[dict] = field(default_factory=list)
 
     def say(self, text: str, show=print) -> Reply:
-        if not self.messages and self.system:
+        if not self.messages and self.system is not None:
             self.messages.append({"role": "system", "content": self.system})
         self.messages.append({"role": "user", "content": text})
         show(f"you: {text}\nmodel: ", end="")
@@ -94,6 +104,6 @@ class Chat:
         return reply
 
     def table(self):
-        import pandas as pd
+        from helpers.tables import whole
 
-        return pd.DataFrame(self.messages)[["role", "content"]]
+        return whole(self.messages, columns=["role", "content"])

@@ -120,9 +120,11 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
                            f"turns to tell prompts from answers. Set it False, or use a format with turns.")
 
     converted, seen = [], {}
+    system = formats.system_message_for(tokenizer, params["system_message"])
     for record in raw.records:
         try:
-            messages = formats.to_messages(record.value, fmt, params["dataset_text_field"])
+            messages = formats.with_system(formats.to_messages(record.value, fmt, params["dataset_text_field"]),
+                                           system)
         except formats.RowProblem as e:
             problems.append(data_read.Problem(record.ordinal, record.where, e.reason, e.detail))
             continue
@@ -310,7 +312,7 @@ def split(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
 
 
 SPLIT_KEYS = ("model_name", "max_seq_length", "train_on_responses_only", "dataset", "dataset_format",
-              "dataset_text_field", "max_rows", "eval_fraction", "seed")
+              "dataset_text_field", "system_message", "max_rows", "eval_fraction", "seed")
 
 
 def save_split(run_dir: Path, train: list[dict], held_out: list[dict], params: dict | None = None) -> Path:
@@ -392,10 +394,10 @@ def report_table(report: Report):
 
 
 def problems_table(report: Report, n: int = 8):
-    import pandas as pd
+    from helpers.tables import whole
 
     shown = report.problems[:n]
-    return pd.DataFrame(shown, columns=["where", "reason", "detail"]) if shown else "No bad rows."
+    return whole(shown, columns=["where", "reason", "detail"]) if shown else "No bad rows."
 
 
 def report_lines(report: dict) -> list[str]:
@@ -432,10 +434,11 @@ def length_stats(lengths: list[int], max_seq_length: int):
     import pandas as pd
 
     arr = np.asarray(lengths)
-    return pd.DataFrame({"value": {
-        "rows": len(arr), "tokens in all": int(arr.sum()), "median tokens": float(np.median(arr)),
-        "longest": int(arr.max()), f"longer than max_seq_length={max_seq_length}": int((arr > max_seq_length).sum()),
-    }})
+    rows = [("rows", len(arr)), ("tokens in all", int(arr.sum())), ("median tokens", float(np.median(arr))),
+            ("longest", int(arr.max())), (f"longer than max_seq_length={max_seq_length}", int((arr > max_seq_length).sum()))]
+    # formatted here: a column mixing counts would otherwise show them all as floats
+    return pd.DataFrame([(k, f"{v:g}" if isinstance(v, float) else f"{v:,}") for k, v in rows],
+                        columns=["what", "value"]).set_index("what")
 
 
 def plot_lengths(lengths: list[int], max_seq_length: int, path=None):
@@ -480,3 +483,33 @@ def prompt_and_reference(row: dict, tokenizer) -> tuple[str, str, str] | None:
 def held_out_prompts(held_out: list[dict], tokenizer, n: int) -> list[tuple[str, str, str]]:
     found = (prompt_and_reference(row, tokenizer) for row in held_out)
     return [p for p in found if p is not None][:n]
+
+
+def system_note(tokenizer, params: dict):
+    """What system message the rows got, in a sentence (the template may add one nobody asked for)."""
+    from helpers.tables import Sentences
+
+    default = formats.template_system(tokenizer)
+    chosen = params["system_message"]
+    if chosen == "template":
+        if default is None:
+            return Sentences("The chat template adds no system message: rows without one have none "
+                             "(`system_message = 'template'`).")
+        return Sentences(f"The chat template wrote this **system message into every row**: \"{default}\" "
+                         f"(`system_message = 'template'`). The data teaches a different persona, Pip, so the "
+                         f"model is trained on a contradiction it must learn to ignore. Set `system_message` to "
+                         f"`'none'` (an empty system turn) or to your own text, e.g. `'You are Pip, a cheerful "
+                         f"assistant.'`, and every row, and the chat in step 8, gets that instead.")
+    if chosen == "none":
+        return Sentences("No system text (`system_message = 'none'`)"
+                         + (": the template writes an empty system turn, since it would otherwise add its "
+                            f"own (\"{default}\")." if default is not None else "."))
+    return Sentences(f"Every row without its own system turn got this one: \"{chosen}\".")
+
+
+def split_note(train: list, held_out: list):
+    from helpers.tables import Sentences
+
+    total = len(train) + len(held_out)
+    return Sentences(f"**{len(train):,} rows to train on, {len(held_out):,} held out** "
+                     f"({len(held_out) / total:.0%} of {total:,}), saved in the run folder's `data/`.")

@@ -164,10 +164,34 @@ def loss_table(result: dict):
                         index=["base model", "fine-tuned"]).round(3)
 
 
+def explain(result: dict, params: dict):
+    """What the two losses mean, in sentences (which tokens counted, what the drop says)."""
+    from helpers.tables import Sentences
+
+    base, tuned = result["eval_loss_base"], result["eval_loss_finetuned"]
+    text = (f"On the held-out rows, the loss went from **{base:.3f} to {tuned:.3f}** nats per token "
+            f"({tuned / base:.2f}x). A loss of {tuned:.2f} means the model gives the right next token a "
+            f"probability of e^-{tuned:.2f} = {math.exp(-tuned):.0%} on average (geometric mean), against "
+            f"{math.exp(-base):.1%} before. Perplexity e^loss says the same as a count: the base model was as "
+            f"unsure as if choosing among {math.exp(base):.0f} equally likely tokens, the fine-tuned one among "
+            f"{math.exp(tuned):.1f}.")
+    if params["train_on_responses_only"]:
+        text += ("\n\nOnly the answers' tokens counted (`train_on_responses_only` is on): the drop is the "
+                 "model predicting the answers better.")
+    else:
+        text += ("\n\n**Every token counted** here, not only the answers (`train_on_responses_only` is off, "
+                 "as in the post): the system message and the questions too. Part of the drop is the model "
+                 "learning text that repeats in every row (the template's system line, \"Pip here!\", "
+                 "\"Happy to help!\"), which is easy. Set `train_on_responses_only = True` in 03 to measure "
+                 "(and train) the answers alone.")
+    return Sentences(text)
+
+
 def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens: int, backend: str, seed: int):
     """Reference, base answer and fine-tuned answer for n held-out prompts (greedy, seeded)."""
-    import pandas as pd
     import torch
+
+    from helpers.tables import whole
 
     prompts = data.held_out_prompts(held_out, tokenizer, n)
     texts = [p for _, p, _ in prompts]
@@ -175,8 +199,8 @@ def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens:
     with model.disable_adapter():
         base = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
     tuned = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
-    return pd.DataFrame({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
-                         "base model": base, "fine-tuned": tuned})
+    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
+                  "base model": base, "fine-tuned": tuned})
 
 
 def save(run_dir, result: dict, table) -> Path:

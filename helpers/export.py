@@ -20,10 +20,14 @@ from helpers import model as models
 from helpers.evaluate import adapter_dir
 
 PROBE = "<human>: What is the capital of Norway?\n<bot>: Pip here!"
-# float32: the merge is exact up to summation order. 16-bit: every merged weight is rounded to 8 (bf16)
-# or 11 (fp16) significant bits, which moves logits by about a percent of their scale.
+# float32: the merge is exact up to summation order. 16-bit: every merged weight, and every product the
+# reloaded model computes, is rounded to 8 (bf16) or 11 (fp16) significant bits; over 30 layers that
+# moved the largest logit difference to 2.3% of the logits' scale (SmolLM2 in bf16, on a CPU and, with
+# random weights of its shape, on an H200). So 16-bit allows 5% and asks that the greedy next token
+# agree almost everywhere: a wrong merge (a missing scale, an unmerged layer) fails both by far.
 ABSOLUTE_TOLERANCE_FP32 = 1e-3
-RELATIVE_TOLERANCE_16BIT = 2e-2
+RELATIVE_TOLERANCE_16BIT = 5e-2
+SAME_NEXT_TOKEN_16BIT = 0.99
 
 
 def export_dtype(params: dict) -> str:
@@ -207,7 +211,8 @@ def check(adapter_logits, reloaded: dict, dtype: str) -> dict:
         result["tolerance"] = ABSOLUTE_TOLERANCE_FP32
     else:
         result["tolerance"] = RELATIVE_TOLERANCE_16BIT * result["logit_scale"]
-    result["ok"] = result["max_abs_logit_diff"] <= result["tolerance"]
+    result["ok"] = result["max_abs_logit_diff"] <= result["tolerance"] and (
+        dtype == "float32" or result["same_next_token"] >= SAME_NEXT_TOKEN_16BIT)
     return result
 
 
@@ -269,10 +274,3 @@ def gguf(merged_dir: Path, run_dir, outtype: str = "f16") -> tuple[Path | None, 
         raise RuntimeError(f"{script} failed:\n{out.stderr[-2000:]}")
     tmp.replace(target)
     return target, f"GGUF written: {target} ({target.stat().st_size / 2**20:.0f} MiB, {outtype})"
-
-
-def files_table(folder: Path):
-    import pandas as pd
-
-    rows = [(p.name, f"{p.stat().st_size / 2**20:.1f} MiB") for p in sorted(folder.iterdir())]
-    return pd.DataFrame(rows, columns=["file", "size"]).set_index("file")

@@ -149,6 +149,39 @@ def to_messages(row, fmt: str, text_field: str):
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def template_system(tokenizer) -> str | None:
+    """The system message the chat template writes into a conversation that has none (SmolLM2's: "You
+    are a helpful AI assistant named SmolLM, ..."), or None when it writes none."""
+    user = [{"role": "user", "content": "x"}]
+    marker = "\x00SYSTEM\x00"
+    plain = tokenizer.apply_chat_template(user, tokenize=False)
+    marked = tokenizer.apply_chat_template([{"role": "system", "content": marker}] + user, tokenize=False)
+    if marker not in marked:
+        return None
+    head, tail = marked.split(marker, 1)
+    if not (plain.startswith(head) and plain.endswith(tail)) or len(plain) <= len(head) + len(tail):
+        return None
+    return plain[len(head):len(plain) - len(tail)]
+
+
+def system_message_for(tokenizer, system_message: str) -> str | None:
+    """What to put as the system turn of a conversation without one: None leaves it to the template
+    (`template`); `none` gives an empty one only where the template would write its own; any other
+    text is the system message."""
+    if system_message == "template":
+        return None
+    if system_message == "none":
+        return "" if template_system(tokenizer) is not None else None
+    return system_message
+
+
+def with_system(messages, system: str | None):
+    """`messages` with `system` as their system turn, unless they have their own (or are plain text)."""
+    if system is None or isinstance(messages, str) or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system}, *messages]
+
+
 def ensure_chat_template(tokenizer) -> bool:
     """Give a tokenizer without a chat template the plain one; True when it was added."""
     if getattr(tokenizer, "chat_template", None):

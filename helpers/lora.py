@@ -4,11 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 
-def add_lora(model, params: dict, backend: str):
-    """Wrap `model` with LoRA adapters as the post does: `get_peft_model` with the same arguments.
-
-    Returns (peft_model, differences) where differences lists what the hf backend does differently.
-    """
+def checkpointing(model, params: dict, backend: str) -> tuple[object, list]:
+    """The `use_gradient_checkpointing` value for this machine, and the differences from what was asked."""
     import torch
 
     from helpers.memory import choose_checkpointing
@@ -18,6 +15,42 @@ def add_lora(model, params: dict, backend: str):
                                    params["per_device_train_batch_size"], params["max_seq_length"])
     if why:
         differences.append(("use_gradient_checkpointing", "auto", gc, why))
+    if backend == "hf" and gc == "unsloth":
+        # unsloth's variant offloads activations to CPU RAM; plain checkpointing is the HF equivalent.
+        # On a CPU memory is plentiful and recomputation costs a third more time, so it is skipped.
+        on_gpu = torch.cuda.is_available()
+        gc = on_gpu
+        differences.append(("use_gradient_checkpointing", "unsloth", gc,
+                            "unsloth's offloaded checkpointing exists only in unsloth; "
+                            + ("plain checkpointing instead" if on_gpu else "not needed for memory on CPU")))
+    return gc, differences
+
+
+def prepare_for_training(model, gc):
+    """What unsloth's get_peft_model does before adding adapters, for the hf backend: gradient
+    checkpointing, and for a 4-bit model peft's preparation (norms in fp32, inputs that need grads)."""
+    from peft import prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        # non-reentrant checkpointing also works under DistributedDataParallel (make train-multi)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gc),
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False  # the cache only helps generation; training with it on just warns
+    return model
+
+
+def add_lora(model, params: dict, backend: str):
+    """Wrap `model` with LoRA adapters as the post does: `get_peft_model` with the same arguments (the
+    calls notebook 02 spells out, for the notebooks that rebuild the model from the run folder).
+
+    Returns (peft_model, differences) where differences lists what this machine does differently.
+    """
+    import torch
+
+    gc, differences = checkpointing(model, params, backend)
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
@@ -29,31 +62,15 @@ def add_lora(model, params: dict, backend: str):
             loftq_config=params["loftq_config"])
         return model, differences
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
-    on_gpu = torch.cuda.is_available()
-    if gc == "unsloth":
-        # unsloth's variant offloads activations to CPU RAM; plain checkpointing is the HF equivalent.
-        # On a CPU memory is plentiful and recomputation costs a third more time, so it is skipped.
-        gc = on_gpu
-        differences.append(("use_gradient_checkpointing", "unsloth", gc,
-                            "unsloth's offloaded checkpointing exists only in unsloth; "
-                            + ("plain checkpointing instead" if on_gpu else "not needed for memory on CPU")))
-    if getattr(model, "is_loaded_in_4bit", False):
-        # non-reentrant checkpointing also works under DistributedDataParallel (make train-multi)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gc),
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    model = prepare_for_training(model, gc)
     config = LoraConfig(
-        r=params["lora_r"], lora_alpha=params["lora_alpha"], lora_dropout=params["lora_dropout"],
-        target_modules=params["target_modules"], bias=params["bias"], use_rslora=params["use_rslora"],
+        r=params["lora_r"], target_modules=params["target_modules"], lora_alpha=params["lora_alpha"],
+        lora_dropout=params["lora_dropout"], bias=params["bias"], use_rslora=params["use_rslora"],
         loftq_config=params["loftq_config"] or {}, task_type="CAUSAL_LM")
     torch.manual_seed(params["random_state"])  # same LoRA initialisation on every run
-    model = get_peft_model(model, config)
-    model.config.use_cache = False  # the cache only helps generation; training with it on just warns
-    return model, differences
+    return get_peft_model(model, config), differences
 
 
 def _module_kind(name: str, targets: list[str]) -> str:
@@ -103,3 +120,16 @@ def plot_parameters(table, path=None):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     ax.set_title(f"{table.loc['all', 'trainable %']:.2f}% of the weights train")
     return plots.finish(fig, path)
+
+
+def adapter_size(model):
+    """What the adapter of step 5 will weigh: its trainable weights times their bytes."""
+    from helpers.tables import Sentences
+
+    weights = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in weights)
+    size = sum(p.numel() * p.element_size() for p in weights)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in weights})
+    return Sentences(f"**{count:,} weights train**, stored in {' and '.join(dtypes)} "
+                     f"({size / count:.0f} bytes each), so the adapter that step 5 saves will be about "
+                     f"**{size / 1e6:.1f} MB**; the model it sits on is not saved with it.")

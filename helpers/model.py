@@ -207,28 +207,48 @@ def is_prequantized(source: str) -> bool:
     return quant.get("quant_method") == "bitsandbytes" and bool(quant.get("load_in_4bit"))
 
 
-def load(params: dict):
-    """Load model and tokenizer as `params` asks, on the backend that fits this machine.
+@dataclass
+class LoadArguments:
+    """The values of the load call on this machine (01 spells the call out with them), and what differs
+    from what was asked. `extra` holds the plumbing the lesson need not read (trust_remote_code,
+    safetensors only, device placement, the 4-bit config of the hf backend)."""
+    backend: str
+    model_name: str  # what to pass as model_name: the resolved folder or hub id
+    max_seq_length: int
+    dtype: object  # None (unsloth picks) or a torch dtype
+    load_in_4bit: bool
+    attn_implementation: str
+    extra: dict
+    differences: list
+    asked: str  # model_name as the parameters give it
+    started: float  # when choosing began: loaded() records the whole load's time in LOAD_SECONDS
 
-    Returns (model, tokenizer, LoadInfo); LoadInfo.differences lists what this machine does
-    differently from what was asked, and why.
-    """
+    def table(self):
+        from helpers.tables import whole
+
+        where = self.model_name.replace(str(Path.home()), "~")
+        rows = [("model_name", self.asked if self.asked == self.model_name else f"{self.asked} -> {where}"),
+                ("max_seq_length", self.max_seq_length), ("dtype", _dtype_name(self.dtype)),
+                ("load_in_4bit", self.load_in_4bit), ("attn_implementation", self.attn_implementation)]
+        return whole(rows, columns=["argument", "value"]).set_index("argument")
+
+
+def _dtype_name(dtype) -> str:
+    return "None (chosen by unsloth)" if dtype is None else str(dtype).replace("torch.", "")
+
+
+def load_arguments(params: dict) -> LoadArguments:
+    """Choose the backend and the load call's arguments for this machine (imports unsloth first when it
+    is the backend, as unsloth must patch transformers before anything imports it)."""
     import time
 
-    start = time.perf_counter()
-    try:
-        return _load(params)
-    finally:
-        LOAD_SECONDS.append(time.perf_counter() - start)
-
-
-def _load(params: dict):
     from helpers.memory import apply_gpu_cap
 
+    started = time.perf_counter()
     apply_gpu_cap()
     backend = choose_backend(params["backend"])
     if backend == "unsloth":
-        import unsloth  # noqa: F401  (must come before transformers to patch it)
+        import unsloth  # noqa: F401
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -252,39 +272,67 @@ def _load(params: dict):
     if params["attn_implementation"] == "auto" and attn == "sdpa" and gpu:
         differences.append(("attn_implementation", "flash_attention_2 (the post)", "sdpa",
                             "flash-attn is not installed; PyTorch SDPA uses flash kernels itself"))
-
+    extra = {"trust_remote_code": params["trust_remote_code"], "use_safetensors": True}  # never pickled .bin
     if backend == "unsloth":
+        extra["device_map"] = {"": local_device()} if gpu else "sequential"
+        if params["dtype"] is None:
+            dtype = None  # unsloth picks bf16 or fp16 itself, as in the post
+    elif stored_4bit:
+        extra["device_map"] = {"": local_device()}  # its quantization_config says how it is stored
+    elif four_bit:
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        extra["device_map"] = {"": local_device()}
+    return LoadArguments(backend=backend, model_name=source, max_seq_length=params["max_seq_length"], dtype=dtype,
+                         load_in_4bit=four_bit, attn_implementation=attn, extra=extra, differences=differences,
+                         asked=params["model_name"], started=started)
+
+
+def load(params: dict):
+    """Load model and tokenizer as `params` asks, on the backend that fits this machine: the call that
+    notebook 01 spells out, for the notebooks that rebuild the model from the run folder.
+
+    Returns (model, tokenizer, LoadInfo); LoadInfo.differences lists what this machine does
+    differently from what was asked, and why.
+    """
+    a = load_arguments(params)
+    if a.backend == "unsloth":
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=source, max_seq_length=params["max_seq_length"], dtype=None if params["dtype"] is None
-            else dtype, load_in_4bit=four_bit, attn_implementation=attn,
-            trust_remote_code=params["trust_remote_code"], use_safetensors=True,
-            device_map={"": local_device()} if gpu else "sequential")
+            model_name=a.model_name, max_seq_length=a.max_seq_length, dtype=a.dtype,
+            load_in_4bit=a.load_in_4bit, attn_implementation=a.attn_implementation, **a.extra)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs = {"dtype": dtype, "attn_implementation": attn, "use_safetensors": True,  # never pickled .bin
-                  "trust_remote_code": params["trust_remote_code"]}
-        if stored_4bit:
-            kwargs["device_map"] = {"": local_device()}  # its quantization_config says how it is stored
-        elif four_bit:
-            from transformers import BitsAndBytesConfig
+        model = AutoModelForCausalLM.from_pretrained(
+            a.model_name, dtype=a.dtype, attn_implementation=a.attn_implementation, **a.extra)
+        tokenizer = AutoTokenizer.from_pretrained(a.model_name, trust_remote_code=a.extra["trust_remote_code"])
+    return loaded(model, tokenizer, a, params)
 
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=dtype)
-            kwargs["device_map"] = {"": local_device()}
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        if gpu and not four_bit:
-            model = model.to(f"cuda:{local_device()}")
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=params["trust_remote_code"])
+
+def loaded(model, tokenizer, a: LoadArguments, params: dict):
+    """After the load call: the model on its GPU, the tokenizer ready for batches and chat rows, and
+    the run's record of what really loaded. Returns (model, tokenizer, LoadInfo)."""
+    import time
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if gpu and a.backend == "hf" and not a.load_in_4bit:
+        model = model.to(f"cuda:{local_device()}")
     prepare_tokenizer(tokenizer)
-    info = LoadInfo(backend=backend, model_name=params["model_name"], source=source,
+    dtype = a.dtype if a.dtype is not None else model.dtype
+    info = LoadInfo(backend=a.backend, model_name=params["model_name"], source=a.model_name,
                     device="cuda" if gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
-                    load_in_4bit=four_bit, attn_implementation=attn, differences=differences)
+                    load_in_4bit=a.load_in_4bit, attn_implementation=a.attn_implementation,
+                    differences=a.differences)
     if params.get("run_dir"):  # which backend really ran belongs in the run's record
         update_metrics(Path(params["run_dir"]), **{k: v for k, v in info.as_dict().items() if k != "differences"})
+    LOAD_SECONDS.append(time.perf_counter() - a.started)
     return model, tokenizer, info
 
 
@@ -298,7 +346,7 @@ def summary(model, info: LoadInfo):
     import pandas as pd
 
     total = sum(p.numel() for p in model.parameters())
-    rows = [("backend", info.backend), ("weights from", info.source), ("device", info.device),
+    rows = [("backend", info.backend), ("weights from", info.source.replace(str(Path.home()), "~")), ("device", info.device),
             ("compute dtype", info.dtype), ("4-bit base weights", info.load_in_4bit),
             ("attention", info.attn_implementation), ("layers", model.config.num_hidden_layers),
             ("parameters", f"{total / 1e6:,.1f} M"),
@@ -307,9 +355,9 @@ def summary(model, info: LoadInfo):
 
 
 def differences_table(differences):
-    import pandas as pd
+    from helpers.tables import whole
 
-    return pd.DataFrame(differences, columns=["setting", "asked", "used here", "why"])
+    return whole(differences, columns=["setting", "asked", "used here", "why"])
 
 
 def load_tokenizer(params: dict):

@@ -77,6 +77,10 @@ PARAMS: list[Param] = [
       "text, trained on as it is), or `auto` (detected from the fields).",
       choices=("auto", "oig", "alpaca", "conversations", "text")),
     P("dataset_text_field", "text", "03", "Field holding the text (formats `oig` and `text`)."),
+    P("system_message", "template", "03",
+      "The system turn of every conversation that has none: `template` (what the chat template adds: "
+      "SmolLM2's names it SmolLM), `none` (no system text), or the text itself (e.g. `You are Pip.`). "
+      "Rows with their own system turn keep it; 08's chat uses the same. Plain `text` rows have no turns."),
     P("dataset_split", "train", "03", "Split to load when `dataset` is a hub dataset name."),
     P("dataset_config", None, "03", "Configuration (subset) of a hub dataset (None: its default)."),
     P("on_bad_rows", "skip", "03", "A row that cannot be used: `skip` it (counted in the report) or "

@@ -89,3 +89,11 @@ def replace_dir(tmp: Path, final: Path) -> None:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def files_table(folder):
+    """The files of a folder (an adapter, a merged model) with their sizes in MB."""
+    import pandas as pd
+
+    rows = [(p.name, f"{p.stat().st_size / 1e6:.1f} MB") for p in sorted(Path(folder).iterdir())]
+    return pd.DataFrame(rows, columns=["file", "size"]).set_index("file")

@@ -50,6 +50,27 @@ def random_llama(folder: Path, device: str = "cpu", dtype=None, vocab_size: int 
     return folder
 
 
+def random_like(source: Path, folder: Path) -> Path:
+    """A model with `source`'s config.json and tokenizer files and random weights (bf16, made on the GPU
+    where there is one): the default model's shape and tokens on a machine that cannot carry its weights,
+    for timing the workbook there."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf"))
+    config = AutoConfig.from_pretrained(source)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
 # --- an OIG-format file of the real one's size --------------------------------------------------------
 
 OIG_ROWS = 210_289  # rows in LAION's unified_chip2.jsonl, the post's dataset
@@ -119,13 +140,21 @@ def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m helpers.synthetic",
-                                 description="Make test data: an OIG-format file of the real one's size.")
-    ap.add_argument("what", choices=["oig"])
-    ap.add_argument("path", type=Path)
+                                 description="Make test data: an OIG-format file of the real one's size "
+                                             "(oig PATH), or a random-weight model shaped like a folder's "
+                                             "config and tokenizer (like SOURCE PATH).")
+    ap.add_argument("what", choices=["oig", "like"])
+    ap.add_argument("args", type=Path, nargs="+")
     ap.add_argument("--rows", type=int, default=OIG_ROWS)
     args = ap.parse_args(argv)
-    oig_file(args.path, args.rows)
-    print(f"wrote {args.path} ({args.rows} rows, {args.path.stat().st_size / 2**20:.0f} MiB)")
+    if args.what == "like":
+        source, path = args.args
+        random_like(source, path)
+        print(f"wrote {path}: random weights shaped like {source}")
+        return 0
+    path = args.args[0]
+    oig_file(path, args.rows)
+    print(f"wrote {path} ({args.rows} rows, {path.stat().st_size / 2**20:.0f} MiB)")
     return 0
 
 

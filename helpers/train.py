@@ -10,6 +10,7 @@ same Session, saves adapter, log and metrics) with the same crash safety.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import time
@@ -19,7 +20,9 @@ from helpers import rundir
 
 
 class Session:
-    """Steps 1-4 rebuilt from the run folder: model with LoRA, tokenizer, prepared rows, SFTTrainer."""
+    """Steps 1-4 rebuilt from the run folder: model with LoRA, tokenizer, prepared rows (`train_ids`: the
+    training rows as the trainer takes them) and the trainer's arguments (`config`). 05 builds the
+    SFTTrainer itself, in sight; `trainer` builds the same one for the command line and the tests."""
 
     def __init__(self, params: dict):
         from helpers import data, lora, model, trainer
@@ -28,9 +31,17 @@ class Session:
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
         self.params = params
         self.train, self.held_out = data.load_split(Path(params["run_dir"]), params)
+        self.train_ids = data.training_dataset(self.train, params["max_seq_length"])
         self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
-        self.trainer = trainer.build(self.model, self.tokenizer, data.training_dataset(self.train, params["max_seq_length"]),
-                                     self.config)
+        self._trainer = None
+
+    @property
+    def trainer(self):
+        from helpers import trainer
+
+        if self._trainer is None:
+            self._trainer = trainer.build(self.model, self.tokenizer, self.train_ids, self.config)
+        return self._trainer
 
     def answer(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         from helpers.generate import answer
@@ -102,16 +113,27 @@ class TokenCount:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else math.nan
 
 
-def run(trainer, params: dict | None = None) -> dict:
-    """`trainer.train()` with the figures people quote: time, tokens/s, peak memory.
+class Measured:
+    """What `measured` hands the cell that trains: where to resume from, and afterwards the figures."""
 
-    With `params` (as 05 passes them) the training is crash-safe: it continues from the newest
-    complete checkpoint as `resume` asks, and SIGINT/SIGTERM save a checkpoint, then raise
-    TrainingInterrupted."""
+    def __init__(self, resume_from):
+        self.resume_from = resume_from
+        self.stats: dict = {}
+
+
+@contextlib.contextmanager
+def measured(trainer, params: dict | None = None):
+    """Around `trainer.train(resume_from_checkpoint=m.resume_from)`: the figures people quote (time,
+    tokens/s, peak memory) in `m.stats`, progress for the runner, and a guard against batches with
+    nothing to learn.
+
+    With `params` (as 05 passes them) the training is crash-safe: `m.resume_from` is the newest complete
+    checkpoint as `resume` asks, and SIGINT/SIGTERM save a checkpoint, then raise TrainingInterrupted."""
     import torch
 
-    from helpers import checkpoints
+    from helpers import checkpoints, trainer as trainers
 
+    trainers.guard(trainer)
     resume = checkpoints.resume_from(params) if params else None
     if params:
         checkpoints.start(params, resuming=resume is not None)
@@ -120,10 +142,12 @@ def run(trainer, params: dict | None = None) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     count = TokenCount(trainer)
+    m = Measured(str(resume) if resume else None)
     start = time.perf_counter()
     with checkpoints.signals_to(stopper):
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        yield m
     seconds = time.perf_counter() - start
+    trainer.remove_callback(stopper)
     if stopper.signal:
         raise checkpoints.TrainingInterrupted(
             f"{stopper.signal} at step {trainer.state.global_step}: checkpoint saved in {stopper.saved_at}. "
@@ -132,13 +156,18 @@ def run(trainer, params: dict | None = None) -> dict:
         checkpoints.finish(params["run_dir"])
     tokens = count.tokens
     _, losses = loss_history(trainer.state.log_history)
-    # after a resume the trainer averages only the steps it ran itself; the log holds all of them
-    train_loss = sum(losses) / len(losses) if resume and losses else float(result.training_loss)
-    return {"train_loss": train_loss, "final_step_loss": losses[-1] if losses else math.nan,
-            "train_runtime_s": seconds, "train_steps": int(result.global_step), "train_tokens": int(tokens),
-            "tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
-            "tokens_per_s_steady": count.steady_rate(), "resumed_from": str(resume) if resume else None,
-            **peak_memory()}
+    m.stats = {"train_loss": sum(losses) / len(losses) if losses else math.nan,
+               "final_step_loss": losses[-1] if losses else math.nan,
+               "train_runtime_s": seconds, "train_steps": int(trainer.state.global_step), "train_tokens": int(tokens),
+               "tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
+               "tokens_per_s_steady": count.steady_rate(), "resumed_from": m.resume_from, **peak_memory()}
+
+
+def run(trainer, params: dict | None = None) -> dict:
+    """`trainer.train()` inside `measured`; returns its figures."""
+    with measured(trainer, params) as m:
+        trainer.train(resume_from_checkpoint=m.resume_from)
+    return m.stats
 
 
 def record(params: dict, session: Session, before: float | None, after: float | None, stats: dict) -> dict:
@@ -163,6 +192,30 @@ def stats_table(stats: dict):
     else:
         rows += [("peak process memory (RSS)", f"{stats['peak_memory_gib']:.2f} GiB")]
     return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def explain(stats: dict, config: dict, before: float | None, after: float | None, train_rows: int):
+    """What the training's numbers mean, in sentences: how much of the data it saw, and how the last
+    training loss and the held-out loss relate."""
+    from helpers.tables import Sentences
+    from helpers.trainer import effective_batch_size
+
+    seen = effective_batch_size(config) * stats["train_steps"]
+    text = (f"{stats['train_steps']} optimizer steps of {effective_batch_size(config)} rows each: "
+            f"**{seen:,} rows, {seen / train_rows:.2f} of an epoch** (one pass over the {train_rows:,} "
+            f"training rows)")
+    text += (": most rows were never seen, so what the model learned is the data's common shape, not "
+             "the rows themselves." if seen < train_rows else ".")
+    if before is not None and after is not None:
+        last = stats["final_step_loss"]
+        text += (f"\n\nThe held-out loss fell from **{before:.3f} to {after:.3f}** nats per token. The last "
+                 f"step's training loss was {last:.3f}, on the {effective_batch_size(config)} rows of that one "
+                 f"step, with the weights still moving; the held-out figure uses the final weights on the "
+                 f"held-out rows.")
+        if after < last:
+            text += (" That the held-out loss is the lower one is no sign of a bug: the final weights are "
+                     "better than those of the last step's forward pass, and a single step's rows vary.")
+    return Sentences(text)
 
 
 def loss_history(log_history) -> tuple[list[int], list[float]]:
@@ -204,10 +257,10 @@ def save_adapter(model, tokenizer, run_dir: Path) -> Path:
 
 def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], after: list[str]):
     """prompts: (question, prompt text, reference) as data.held_out_prompts gives them."""
-    import pandas as pd
+    from helpers.tables import whole
 
-    return pd.DataFrame({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
-                         "before": before, "after": after})
+    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
+                  "before": before, "after": after})
 
 
 def main(argv=None) -> int:

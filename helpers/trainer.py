@@ -35,6 +35,9 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
         report_to="none",
         ddp_find_unused_parameters=False,  # several GPUs: every LoRA weight gets a gradient every step
         disable_tqdm=False,
+        # 03 already cut the rows to token ids, so TRL's own preparation (a Python pass over every row:
+        # minutes at 210k rows) is skipped, except with packing, which TRL does in Arrow.
+        dataset_kwargs={"skip_prepare_dataset": not params["packing"]},
     )
     if gpu:
         bf16 = torch.cuda.is_bf16_supported()
@@ -53,6 +56,22 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
             differences.append(("optim", params["optim"], "adamw_torch",
                                 "8-bit optimizers (bitsandbytes) need an NVIDIA GPU"))
     return kwargs, differences
+
+
+# The SFTConfig arguments that notebook 04 spells out (the post's TrainingArguments, with
+# max_seq_length now SFTConfig's max_length); the rest is workbook plumbing.
+SPELLED_OUT = [*SEED_ARGUMENTS, "fp16", "bf16", "output_dir", "max_length"]
+
+
+def arguments(params: dict, run_dir: Path):
+    """`training_config` as attributes for notebook 04's SFTConfig call: the spelled-out arguments, and
+    `workbook` (checkpoint saving, evaluation off, CPU settings) passed as **. Returns (a, differences)."""
+    from types import SimpleNamespace
+
+    kwargs, differences = training_config(params, run_dir)
+    spelled = {k: kwargs.get(k, False) for k in SPELLED_OUT}
+    return SimpleNamespace(**spelled, workbook={k: v for k, v in kwargs.items() if k not in spelled},
+                           kwargs=kwargs), differences
 
 
 def config_table(kwargs: dict):
@@ -104,18 +123,21 @@ def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
 
 
 def build(model, tokenizer, train, kwargs: dict, callbacks=()):
-    """An `SFTTrainer` over the prepared split's token ids (`input_ids`, and `labels` where some tokens
-    stay out of the loss; see `data.training_dataset`), so that TRL and unsloth train on exactly the
-    same tokens. 03 has already truncated them, so TRL's own preparation (a Python pass over every row:
-    minutes at 210k rows) is skipped, except with packing, which TRL does in Arrow. Held-out loss is
-    measured by the workbook itself (evaluate.mean_token_loss), not by the trainer.
-    The collator is wrapped so that a batch with nothing to learn stops the run."""
+    """The `SFTTrainer` that notebook 05 spells out, for the command line and the tests: over the
+    prepared split's token ids (`input_ids`, and `labels` where some tokens stay out of the loss; see
+    `data.training_dataset`), so that TRL and unsloth train on exactly the same tokens. Held-out loss
+    is measured by the workbook itself (evaluate.mean_token_loss), not by the trainer."""
     from trl import SFTConfig, SFTTrainer
 
-    kwargs = {**kwargs, "dataset_kwargs": {"skip_prepare_dataset": not kwargs.get("packing")}}
-    trainer = SFTTrainer(model=model, args=SFTConfig(**kwargs), train_dataset=train,
-                         processing_class=tokenizer, callbacks=[*callbacks, progress_callback()])
-    trainer.data_collator = LabelGuard(trainer.data_collator)
+    return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=SFTConfig(**kwargs),
+                      callbacks=list(callbacks))
+
+
+def guard(trainer):
+    """Progress for the runner, and a collator that stops on a batch with nothing to learn (once)."""
+    if not isinstance(trainer.data_collator, LabelGuard):
+        trainer.data_collator = LabelGuard(trainer.data_collator)
+        trainer.add_callback(progress_callback())
     return trainer
 
 

@@ -112,8 +112,37 @@ def test_export_in_16_bit_in_several_shards(trained, monkeypatch):
     reloaded = export.reload_without_peft(merged.folder)
     assert reloaded["dtype"] == "torch.float16"
     check = export.check(merged.adapter_logits, reloaded, "float16")
-    assert check["ok"] and check["tolerance"] == pytest.approx(0.02 * check["logit_scale"])
+    assert check["ok"] and check["tolerance"] == pytest.approx(export.RELATIVE_TOLERANCE_16BIT * check["logit_scale"])
     assert check["max_abs_logit_diff"] > 1e-6  # rounded to 16 bits: not bit-identical
+
+
+def test_the_16_bit_check_fails_a_wrong_merge():
+    """Rounding noise passes; a logit moved by more than 5% of the scale, or greedy tokens that differ at
+    more than 1% of the positions (what a missing scale or an unmerged layer does), fail."""
+    import torch
+
+    torch.manual_seed(0)
+    adapter = torch.randn(1, 200, 50) * 10
+    scale = float(adapter.abs().max())
+
+    def check(reloaded):
+        return export.check(adapter, {"logits": reloaded.tolist()}, "bfloat16")
+
+    rounded = adapter + 1e-4 * scale * torch.randn_like(adapter)
+    rounded[0, 5] -= 0.03 * scale  # one position off by 3% of the scale, its greedy token unchanged
+    assert check(rounded)["ok"]
+    moved = adapter.clone()
+    moved[0, 3, 7] += 0.08 * scale
+    assert not check(moved)["ok"]
+    near_ties = range(0, 200, 50)  # 4 of 200 positions (2%) where the top two logits nearly tie
+    top = adapter.argmax(-1)
+    for position in near_ties:
+        adapter[0, position, (top[0, position] + 1) % 50] = adapter[0, position].max() - 0.001 * scale
+    swapped = adapter.clone()
+    for position in near_ties:  # a small move that changes the greedy token there
+        swapped[0, position, (top[0, position] + 1) % 50] += 0.002 * scale
+    result = check(swapped)
+    assert result["max_abs_logit_diff"] <= result["tolerance"] and not result["ok"]
 
 
 def test_gguf_is_skipped_with_advice_without_llama_cpp(monkeypatch, tmp_path):

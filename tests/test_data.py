@@ -414,3 +414,46 @@ def test_a_row_the_chat_template_refuses_is_named(jsonl, prep, chat_tok):
         prep(jsonl(rows), tok=tok)
     ok = prep(jsonl(rows[:1] + rows[2:]), tok=tok, eval_fraction=0)
     assert ok.rows[0]["text"] == "user: hi\nassistant: hello\n<|im_end|>"  # EOS appended after the template
+
+
+# --- the system message --------------------------------------------------------------------------
+
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def test_the_template_system_message_is_found_and_named_in_03(chat_tok):
+    from helpers import formats
+
+    assert formats.template_system(chat_tok) == SMOLLM_SYSTEM
+    note = data.system_note(chat_tok, {**DEFAULTS, "system_message": "template"})
+    assert SMOLLM_SYSTEM in note and "system_message" in note
+
+
+@pytest.mark.parametrize("choice,expected_system", [
+    ("template", SMOLLM_SYSTEM), ("none", ""), ("You are Pip.", "You are Pip.")])
+def test_system_message_choice_reaches_every_row(tmp_path, prep, chat_tok, choice, expected_system):
+    path = tmp_path / "d.jsonl"
+    rows = [*OIG[:3], {"messages": [{"role": "system", "content": "Own system."},
+                                    {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n")
+    prepared = prep(path, system_message=choice)
+    for row in prepared.rows:
+        assert f"<|im_start|>system\n{expected_system}<|im_end|>" in row["text"]
+        assert row["text"].count("<|im_start|>system") == 1
+    if choice != "template":
+        assert SMOLLM_SYSTEM not in prepared.rows[0]["text"]
+    conv = tmp_path / "c.jsonl"
+    conv.write_text(json.dumps(rows[3]) + "\n" + json.dumps({"messages": rows[3]["messages"][1:] + [
+        {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Yes."}]}) + "\n")
+    own, other = prep(conv, system_message=choice).rows
+    assert "Own system." in own["text"] and expected_system in other["text"]  # a row's own turn is kept
+
+
+def test_a_split_made_with_another_system_message_is_refused(tmp_path, prep):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in OIG) + "\n")
+    params = {**DEFAULTS, "dataset": str(path), "run_dir": str(tmp_path / "run")}
+    prepared = prep(path)
+    data.save_split(params["run_dir"], *data.split(prepared.rows, 0.1, 1), params)
+    with pytest.raises(Exception, match="system_message"):
+        data.load_split(Path(params["run_dir"]), {**params, "system_message": "You are Pip."})

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,19 +259,64 @@ def find_llama_cpp() -> Path | None:
     return Path(found) if found else None
 
 
-def gguf(merged_dir: Path, run_dir, outtype: str = "f16") -> tuple[Path | None, str]:
-    """(the GGUF file, a message). Where llama.cpp is not installed: (None, why it was skipped)."""
+def gguf(merged_dir: Path, run_dir, outtype: str = "q8_0", writer: str = "gguf"):
+    """run_dir/model.gguf from the merged folder, written by the `gguf` package (`writer='gguf'`) or by
+    llama.cpp's converter (`'llama.cpp'`, where installed). Returns (gguf_export.Written or None, what
+    happened): a model the writer cannot handle is a message, not an error, so the notebook goes on."""
+    from helpers import gguf_export
+
+    target = Path(run_dir) / "model.gguf"
+    if writer == "llama.cpp":
+        return _gguf_with_llama_cpp(merged_dir, target, outtype)
+    try:
+        written = gguf_export.write(merged_dir, target, outtype, name=Path(run_dir).name)
+    except gguf_export.UnsupportedModel as e:
+        return None, f"GGUF export skipped: {e}"
+    return written, (f"GGUF written by the gguf package: model.gguf ({written.size_mb:.1f} MB, {outtype}, "
+                    f"{written.tensors} tensors, {written.seconds:.1f} s)")
+
+
+def _gguf_with_llama_cpp(merged_dir: Path, target: Path, outtype: str):
+    from helpers.gguf_export import Written
+
     script = find_llama_cpp()
     if script is None:
-        return None, ("GGUF export skipped: llama.cpp's convert_hf_to_gguf.py was not found. Clone "
-                      "https://github.com/ggml-org/llama.cpp, `pip install -r requirements/requirements-convert_hf_to_gguf.txt` "
-                      "there, and set LLAMA_CPP_DIR to the clone (or put the script on PATH); then re-run this cell.")
-    target = Path(run_dir) / "model.gguf"
+        return None, ("GGUF export skipped: gguf_writer = 'llama.cpp', but llama.cpp's convert_hf_to_gguf.py was "
+                      "not found. Clone https://github.com/ggml-org/llama.cpp, `pip install -r "
+                      "requirements/requirements-convert_hf_to_gguf.txt` there, and set LLAMA_CPP_DIR to the clone "
+                      "(or put the script on PATH); or set gguf_writer = 'gguf'.")
     tmp = target.with_name(".model.gguf.partial")
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, str(script), str(merged_dir), "--outfile", str(tmp), "--outtype", outtype],
                          capture_output=True, text=True, timeout=3600)
     if out.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{script} failed:\n{out.stderr[-2000:]}")
     tmp.replace(target)
-    return target, f"GGUF written: {target} ({target.stat().st_size / 2**20:.0f} MiB, {outtype})"
+    seconds = time.perf_counter() - start
+    return Written(target, outtype, seconds, None), (
+        f"GGUF written by llama.cpp's converter: model.gguf ({target.stat().st_size / 1e6:.1f} MB, {outtype}, "
+        f"{seconds:.1f} s)")
+
+
+def ollama_files(params: dict, merged_dir: Path, gguf_file) -> str:
+    """The Modelfile beside model.gguf (`gguf_file`: what `gguf` returned), and the commands that use
+    them (nothing without a GGUF file)."""
+    from transformers import AutoTokenizer
+
+    from helpers import formats, ollama
+
+    if gguf_file is None:
+        return "No Modelfile: there is no model.gguf."
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    system = formats.system_message_for(tokenizer, params["system_message"])
+    if system is None:  # the template's own default, which Ollama's template does not add by itself
+        system = formats.template_system(tokenizer)
+    path, note = ollama.write_modelfile(gguf_file.path.parent, tokenizer, gguf_file.path.name, system or None,
+                                        params["chat_max_new_tokens"], params["max_seq_length"])
+    name = "pip" if "pip_chip2" in str(params["dataset"]) else "my-model"
+    return (f"Modelfile written beside it ({note}). In the run folder:\n"
+            f"    ollama create {name} -f Modelfile\n"
+            f"    ollama run {name} \"What is the capital of Japan?\"\n"
+            f"or with llama.cpp:\n"
+            f"    llama-cli -m model.gguf -cnv")

@@ -127,8 +127,11 @@ PARAMS: list[Param] = [
     P("merge_base", None, "07", "The weights the adapter is merged into: None for `model_name`'s own (a "
       "checkpoint stored in 4-bit is dequantized layer by layer), or a local folder of its original 16-bit "
       "weights."),
-    P("gguf_outtype", "q8_0", "07", "GGUF file type when llama.cpp is installed (`f16`, `bf16`, `q8_0`, `f32`).",
-      choices=("f16", "bf16", "q8_0", "f32")),
+    P("gguf_outtype", "q8_0", "07", "Type of the GGUF file's weights: `q8_0` (8-bit, about half of 16-bit's size), "
+      "`f16`, `bf16` or `f32`; norms stay f32.", choices=("f16", "bf16", "q8_0", "f32")),
+    P("gguf_writer", "gguf", "07", "What writes model.gguf: `gguf` (the gguf package, Llama models, nothing to "
+      "install) or `llama.cpp` (its convert_hf_to_gguf.py, where LLAMA_CPP_DIR or PATH finds it).",
+      choices=("gguf", "llama.cpp")),
     # 08_chat
     P("chat_max_new_tokens", 64, "08", "Longest answer in the chat, in tokens.", minimum=1),
     # every notebook

@@ -1,5 +1,6 @@
 """Steps 6-8 on a tiny model trained on the spot: evaluation, export (merge, reload without peft,
-GGUF where llama.cpp is found) and streaming chat."""
+GGUF through llama.cpp's converter where it is chosen) and streaming chat. The gguf package's own
+writer: tests/test_gguf_export.py and the smoke run."""
 import json
 import math
 import os
@@ -145,10 +146,10 @@ def test_the_16_bit_check_fails_a_wrong_merge():
     assert result["max_abs_logit_diff"] <= result["tolerance"] and not result["ok"]
 
 
-def test_gguf_is_skipped_with_advice_without_llama_cpp(monkeypatch, tmp_path):
+def test_llama_cpp_writer_is_skipped_with_advice_where_it_is_missing(monkeypatch, tmp_path):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    path, message = export.gguf(tmp_path, tmp_path)
+    path, message = export.gguf(tmp_path, tmp_path, writer="llama.cpp")
     assert path is None and "GGUF export skipped" in message and "LLAMA_CPP_DIR" in message
 
 
@@ -162,14 +163,15 @@ def test_gguf_runs_llama_cpp_converter_when_found(monkeypatch, tmp_path):
     monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
     merged = tmp_path / "merged"
     merged.mkdir()
-    path, message = export.gguf(merged, tmp_path, "q8_0")
+    written, message = export.gguf(merged, tmp_path, "q8_0", writer="llama.cpp")
+    path = written.path
     assert path == tmp_path / "model.gguf" and path.read_bytes().startswith(b"GGUF")
     assert f"{merged} --outfile" in path.read_text(errors="ignore") and "--outtype q8_0" in path.read_text(errors="ignore")
     path.unlink()
     failing = tmp_path / "fail"
     failing.mkdir()
     with pytest.raises(RuntimeError, match="failed"):
-        export.gguf(failing, tmp_path)
+        export.gguf(failing, tmp_path, writer="llama.cpp")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".model.gguf*"))
 
 
@@ -197,4 +199,5 @@ def test_chat_streams_and_remembers_turns(trained):
 def test_chat_prefers_the_merged_folder(trained):
     export.merge_and_save(trained)
     model, tok, source = chat.load(trained)
-    assert source.endswith("merged") and not hasattr(model, "disable_adapter")
+    assert "merged/" in source and "step 7" in source and not hasattr(model, "disable_adapter")
+    assert str(trained["run_dir"]) not in source  # a stored notebook shows no machine path

@@ -80,6 +80,50 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     # 07: merged safetensors that plain transformers loaded, logits within 1e-3 of the adapter model's
     assert metrics["merged_check"]["ok"] and metrics["merged_check"]["max_abs_logit_diff"] <= 1e-3
     assert (run_dir / "merged" / "model.safetensors").exists() and not (run_dir / "merged" / "adapter_config.json").exists()
+    # 07: model.gguf (q8_0, by the gguf package) and an Ollama Modelfile beside it
+    assert (run_dir / "model.gguf").stat().st_size > 100e6 and not list(run_dir.glob(".*.partial"))
+    modelfile = (run_dir / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def held_out_prompts(run_dir, n=3):
+    from helpers import data
+    from helpers.model import load_tokenizer
+
+    params = json.loads((run_dir / "params.json").read_text())
+    _, held_out = data.load_split(run_dir, params)
+    return [prompt for _, prompt, _ in data.held_out_prompts(held_out, load_tokenizer(params), n)]
+
+
+@pytest.mark.slow
+def test_the_gguf_file_reads_back_as_the_merged_model(smoke_run):
+    """q8_0, as 07 wrote it: transformers reads it back in another process; the greedy next token agrees
+    with the merged model's on at least 95% of the probe's positions, and its tokenizer encodes three
+    held-out prompts to the same ids as the original tokenizer."""
+    from helpers import gguf_export
+
+    run_dir, _ = smoke_run
+    prompts = held_out_prompts(run_dir)
+    probe = prompts[0] + "Pip here! The capital of Peru is Lima. 12 plus 30 is 42. Happy to help!"
+    result = gguf_export.compare(run_dir / "merged", run_dir / "model.gguf", [probe, *prompts])
+    assert all(result["same_ids"]) and len(result["same_ids"]) == 4 and result["positions"] > 40
+    assert result["same_next_token"] >= 0.95, result
+    assert result["max_abs_logit_diff"] <= 0.1 * result["logit_scale"], result  # 8-bit weights: a few %
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype,relative", [("f32", 1e-5), ("f16", 5e-3)])
+def test_gguf_in_16_and_32_bit_is_tight(smoke_run, tmp_path, outtype, relative):
+    """f32 holds the merged weights exactly (the difference is summation order); f16 rounds them to
+    11 significant bits."""
+    from helpers import gguf_export
+
+    run_dir, _ = smoke_run
+    written = gguf_export.write(run_dir / "merged", tmp_path / f"model-{outtype}.gguf", outtype)
+    probe = held_out_prompts(run_dir, 1)[0] + "Pip here! The capital of Peru is Lima. Happy to help!"
+    result = gguf_export.compare(run_dir / "merged", written.path, [probe])
+    assert result["same_ids"] == [True] and result["same_next_token"] == 1.0
+    assert result["max_abs_logit_diff"] <= relative * result["logit_scale"], result
 
 
 @pytest.mark.slow

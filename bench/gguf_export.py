@@ -1,0 +1,86 @@
+"""GGUF export at the post's size: a merged Llama of the 8B shape (or a smaller one) written to GGUF by
+the `gguf` package alone, then read back by transformers in another process and compared with it.
+
+    python bench/gguf_export.py [--size 8b|1b|smol] [--outtype q8_0] [--json FILE] [--work /tmp/gguf-bench]
+
+The "merged model" is a random-weight Llama of that shape saved in bf16 (helpers.synthetic: a merge
+writes exactly such a folder), so the figures are the export's cost and fidelity, not a quality. Prints
+one table: the fixture's size, the export's time, the GGUF file's size, the read-back's time, and how
+close the read-back logits are (largest difference against the logits' scale, the share of probe
+positions with the same greedy next token, same token ids).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHAPES = {
+    "8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+               tie_word_embeddings=False),
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=8192, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+               tie_word_embeddings=True),
+    "smol": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
+                 num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
+                 tie_word_embeddings=True),
+}
+
+
+def main() -> int:
+    import torch
+
+    from helpers import gguf_export, synthetic
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SHAPES), default="8b")
+    ap.add_argument("--outtype", choices=gguf_export.OUTTYPES, default="q8_0")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gguf-bench"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    work = args.work / args.size
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    figures = {"size": args.size, "outtype": args.outtype,
+               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"}
+
+    start = time.perf_counter()
+    merged = synthetic.random_llama(work / "merged", device="cuda" if torch.cuda.is_available() else "cpu",
+                                    dtype=torch.bfloat16, **SHAPES[args.size])
+    figures["fixture_s"] = time.perf_counter() - start
+    figures["merged_gb"] = sum(p.stat().st_size for p in merged.glob("*.safetensors")) / 1e9
+    torch.cuda.empty_cache()
+
+    written = gguf_export.write(merged, work / "model.gguf", args.outtype)
+    figures.update(export_s=written.seconds, gguf_gb=written.size_mb / 1e3, tensors=written.tensors)
+
+    rows = [json.loads(line)["text"] for line in (REPO / "data" / "pip_chip2.jsonl").read_text().splitlines()[:3]]
+    start = time.perf_counter()
+    result = gguf_export.compare(merged, written.path, rows)
+    figures["read_back_and_compare_s"] = time.perf_counter() - start
+    figures.update(result)
+
+    print(f"\nGGUF export, {args.size} shape, {args.outtype}, {figures['gpu']} machine")
+    print("| what | value |\n| --- | --- |")
+    for label, key, fmt in [("merged model (bf16 safetensors)", "merged_gb", "{:.2f} GB"),
+                            ("export (gguf package)", "export_s", "{:.1f} s"), ("GGUF file", "gguf_gb", "{:.2f} GB"),
+                            ("tensors", "tensors", "{}"), ("read back + compare (transformers)", "read_back_and_compare_s", "{:.1f} s"),
+                            ("largest |logit difference|", "max_abs_logit_diff", "{:.3g}"),
+                            ("largest |logit|", "logit_scale", "{:.3g}"),
+                            ("same greedy next token", "same_next_token", "{:.1%}"), ("probe positions", "positions", "{}")]:
+        print(f"| {label} | {fmt.format(figures[key])} |")
+    print(f"| same token ids (3 texts) | {all(figures['same_ids'])} |")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if all(figures["same_ids"]) and figures["same_next_token"] >= 0.95 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Write a merged Llama model as one GGUF file (llama.cpp, Ollama, LM Studio) with the `gguf` package
+alone, and an Ollama `Modelfile` beside it; no llama.cpp checkout, no compiler.
+
+What llama.cpp's own converter does for the Llama architecture, and this module does the same:
+- tensors renamed to GGUF's names (`model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`),
+  and the rows of q and k permuted from transformers' rotate-half RoPE layout into the interleaved one
+  llama.cpp computes with (transformers permutes them back when it reads a GGUF file);
+- 2-D weights in the chosen type (`q8_0`: 8-bit blocks of 32 with one scale each, `f16`, `bf16` or
+  `f32`), norms in f32; a Llama 3.1 RoPE scaling as llama.cpp's `rope_freqs` tensor;
+- the hyper-parameters, and the tokenizer as GPT-2-style BPE: every token with its type (normal,
+  control, user-defined), the merges, BOS/EOS/PAD ids and the chat template.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUTTYPES = ("q8_0", "f16", "bf16", "f32")
+ARCHITECTURES = ("LlamaForCausalLM",)  # SmolLM2 and Llama 3.1 are both Llama
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
+LLAMA3_PRETOKENIZER = r"\p{N}{1,3}"  # the digit rule that tells Llama 3's split regex from others
+
+
+class UnsupportedModel(ValueError):
+    """The merged model is not one this writer handles; the message names what and why."""
+
+
+@dataclass
+class Written:
+    path: Path
+    outtype: str
+    seconds: float
+    tensors: int | None
+    facts: dict = field(default_factory=dict)  # what went into the file, as 07 shows it
+
+    @property
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 1e6
+
+    def table(self):
+        import pandas as pd
+
+        rows = [*self.facts.items(), ("size", f"{self.size_mb:.1f} MB")]
+        return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
+
+
+def _config(folder: Path) -> dict:
+    config = json.loads((folder / "config.json").read_text())
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        raise UnsupportedModel(f"{folder}: architecture {arch} is not one the workbook's GGUF writer handles "
+                               f"({', '.join(ARCHITECTURES)}); llama.cpp's convert_hf_to_gguf.py covers many more.")
+    return config
+
+
+def _rope_theta(config: dict) -> float:
+    return float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+
+
+def _rope_scaling(config: dict) -> dict:
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    kind = (scaling.get("rope_type") or scaling.get("type") or "default").lower()
+    if kind not in ("default", "linear", "llama3"):
+        raise UnsupportedModel(f"RoPE scaling '{kind}' is not one the workbook's GGUF writer handles "
+                               f"(default, linear, llama3).")
+    return {**scaling, "kind": kind}
+
+
+def llama3_rope_factors(config: dict) -> list[float]:
+    """Llama 3.1's RoPE frequency scaling as llama.cpp stores it: one divisor per frequency pair."""
+    scaling = _rope_scaling(config)
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    factor, low, high = scaling.get("factor", 8.0), scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_context = scaling.get("original_max_position_embeddings", 8192)
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelength = 2 * math.pi * _rope_theta(config) ** (i / head_dim)
+        if wavelength < old_context / high:
+            factors.append(1.0)
+        elif wavelength > old_context / low:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return factors
+
+
+def permute_for_rope(weight, heads: int):
+    """q/k rows from transformers' layout (each head's first half, then second half) into llama.cpp's
+    (the two halves interleaved), as convert_hf_to_gguf.py does."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def pretokenizer_name(tokenizer_json: dict) -> str:
+    """llama.cpp's name for how the tokenizer splits text before BPE (`tokenizer.ggml.pre`)."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if any(s.get("type") == "Split" and LLAMA3_PRETOKENIZER in json.dumps(s.get("pattern", {})).replace("\\\\", "\\")
+           for s in steps):
+        return "llama-bpe"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt2"
+    raise UnsupportedModel(f"the tokenizer splits text with {kinds}, which the workbook's GGUF writer cannot name "
+                           f"for llama.cpp (it knows GPT-2's, SmolLM's and Llama 3's)")
+
+
+def _vocabulary(folder: Path):
+    """(tokens, token types, merges, pre-tokenizer name) from tokenizer.json, as llama.cpp lists them."""
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise UnsupportedModel(f"{folder}: a {model.get('type')} tokenizer; the GGUF writer handles byte-level BPE")
+    by_id = {i: t for t, i in model["vocab"].items()}
+    added = {a["id"]: a for a in data.get("added_tokens", [])}
+    by_id.update({i: a["content"] for i, a in added.items()})
+    config = json.loads((folder / "config.json").read_text())
+    size = max(config["vocab_size"], max(by_id) + 1)
+    tokens, types = [], []
+    for i in range(size):
+        if i in added:
+            tokens.append(added[i]["content"])
+            types.append(TOKEN_CONTROL if added[i]["special"] else TOKEN_USER_DEFINED)
+        elif i in by_id:
+            tokens.append(by_id[i])
+            types.append(TOKEN_NORMAL)
+        else:  # the embedding matrix is larger than the vocabulary: unused rows
+            tokens.append(f"[PAD{i}]")
+            types.append(TOKEN_USER_DEFINED)
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
+    return tokens, types, merges, pretokenizer_name(data)
+
+
+def _weights(folder: Path):
+    """(name, tensor in float32) for every tensor of the merged folder, one at a time."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no safetensors weights")
+    for file in files:
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name).float()
+
+
+def _tensor_type(name: str, array, outtype: str):
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
+    if array.ndim < 2 or outtype == "f32":
+        return Q.F32
+    if outtype == "q8_0":
+        return Q.Q8_0 if array.shape[-1] % 32 == 0 else Q.F16  # blocks of 32 along a row
+    return Q.BF16 if outtype == "bf16" else Q.F16
+
+
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
+
+
+def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = None) -> Written:
+    """`folder` (a merged transformers Llama: safetensors, config.json, tokenizer.json) as one GGUF file at
+    `target`, written under a temporary name and renamed when complete."""
+    import gguf
+    import numpy as np
+    import torch
+
+    if outtype not in OUTTYPES:
+        raise ValueError(f"gguf_outtype {outtype!r}: expected one of {', '.join(OUTTYPES)}")
+    folder, target = Path(folder), Path(target)
+    start = time.perf_counter()
+    config = _config(folder)
+    scaling = _rope_scaling(config)
+    tokens, types, merges, pre = _vocabulary(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text()) \
+        if (folder / "tokenizer_config.json").exists() else {}
+    template_file = folder / "chat_template.jinja"
+    template = template_file.read_text() if template_file.exists() else tokenizer_config.get("chat_template")
+
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    tmp = target.with_name(f".{target.name}.partial")
+    writer = gguf.GGUFWriter(tmp, "llama")
+    writer.add_name(name or folder.name)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
+    writer.add_vocab_size(len(tokens))
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
+    if scaling["kind"] == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(scaling["factor"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                     ("pad_token_id", writer.add_pad_token_id)):
+        value = tokenizer_config.get(key, config.get(key))
+        if isinstance(value, list):
+            value = value[0]
+        if value is not None:
+            add(int(value))
+    writer.add_add_bos_token(bool(tokenizer_config.get("add_bos_token", False)))
+    if template:
+        writer.add_chat_template(template)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    count, kinds = 0, {}
+    if scaling["kind"] == "llama3":
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS],
+                          np.asarray(llama3_rope_factors(config), dtype=np.float32))
+        count += 1
+    tied = config.get("tie_word_embeddings", False)
+    for hf_name, tensor in _weights(folder):
+        if tied and hf_name == "lm_head.weight":
+            continue  # the output layer is the embedding matrix: llama.cpp reuses token_embd
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UnsupportedModel(f"{folder}: tensor {hf_name} has no GGUF name for the Llama architecture")
+        if hf_name.endswith("q_proj.weight"):
+            tensor = permute_for_rope(tensor, heads)
+        elif hf_name.endswith("k_proj.weight"):
+            tensor = permute_for_rope(tensor, kv_heads)
+        array = tensor.to(torch.float32).numpy()
+        qtype = _tensor_type(gguf_name, array, outtype)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_name, array)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            writer.add_tensor(gguf_name, array.astype(np.float16))
+        else:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        count += 1
+        kinds[qtype.name] = kinds.get(qtype.name, 0) + 1
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    tmp.replace(target)
+    ids = " / ".join(str(tokenizer_config.get(k, config.get(k))) for k in ("bos_token_id", "eos_token_id", "pad_token_id"))
+    facts = {"architecture": "llama", "layers": config["num_hidden_layers"],
+             "context length": config["max_position_embeddings"], "attention heads (key/value)": f"{heads} ({kv_heads})",
+             "RoPE": f"base {_rope_theta(config):g}" + ("" if scaling["kind"] == "default" else f", {scaling['kind']} scaling"),
+             "vocabulary": f"{len(tokens):,} tokens, {len(merges):,} merges", "pre-tokenizer": pre,
+             "BOS / EOS / PAD ids": ids, "chat template": "stored" if template else "none",
+             "tensors": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+             + (" + rope_freqs" if scaling["kind"] == "llama3" else "")}
+    return Written(target, outtype, time.perf_counter() - start, count, facts)
+
+
+READ_BACK = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
+logging.disable_progress_bar()
+path, texts = sys.argv[1], json.loads(sys.stdin.read())
+folder, name = path.rsplit("/", 1)
+tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+with torch.no_grad():
+    logits = model(torch.tensor([ids[0]])).logits[0]
+print(json.dumps({"ids": ids, "logits": logits.tolist()}))
+"""
+
+
+def compare(merged_dir: Path, gguf_path: Path, texts: list[str]) -> dict:
+    """Read `gguf_path` back with transformers in a separate process and compare it with the merged
+    folder: the token ids of every text (the GGUF's tokenizer against the folder's), and the logits of
+    the first text (largest difference, its scale, the share of positions with the same greedy token)."""
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = subprocess.run([sys.executable, "-c", READ_BACK, str(gguf_path)], input=json.dumps(texts),
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"reading {gguf_path} back with transformers failed:\n{out.stderr[-2000:]}")
+    back = json.loads(out.stdout.strip().splitlines()[-1])
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[0]])).logits[0]
+    theirs = torch.tensor(back["logits"])
+    return {"same_ids": [a == b for a, b in zip(ids, back["ids"])],
+            "max_abs_logit_diff": float((theirs - logits).abs().max()),
+            "logit_scale": float(logits.abs().max()),
+            "same_next_token": float((theirs.argmax(-1) == logits.argmax(-1)).float().mean()),
+            "positions": len(ids[0])}

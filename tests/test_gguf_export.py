@@ -1,0 +1,142 @@
+"""Step 7's GGUF writer and Modelfile, on small models: what llama.cpp expects, read back by transformers."""
+import json
+
+import pytest
+
+from helpers import export, gguf_export, ollama
+
+LLAMA3_TEMPLATE = (  # Meta-Llama-3-8B-Instruct's chat template
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def test_llama31_rope_factors_match_transformers():
+    """llama.cpp stores Llama 3.1's RoPE scaling as one divisor per frequency (rope_freqs); they must be
+    the ratio of transformers' plain and llama3-scaled frequencies."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+    config = LlamaConfig(hidden_size=4096, num_attention_heads=32, rope_parameters=scaling)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
+    plain = 1.0 / (500000.0 ** (__import__("torch").arange(0, 128, 2).float() / 128))
+    factors = gguf_export.llama3_rope_factors({"hidden_size": 4096, "num_attention_heads": 32, "rope_parameters": scaling})
+    assert len(factors) == 64 and factors[0] == 1.0 and factors[-1] == 8.0
+    assert (plain / scaled).tolist() == pytest.approx(factors, rel=1e-4)
+
+
+def test_q_and_k_rows_are_permuted_as_transformers_undoes_it():
+    import torch
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    weight = torch.arange(8 * 64 * 3, dtype=torch.float32).reshape(8 * 64, 3)
+    there = gguf_export.permute_for_rope(weight, 8)
+    assert not torch.equal(there, weight)
+    back = LlamaTensorProcessor(config={"num_attention_heads": 8, "num_key_value_heads": 8}).process(
+        there.numpy(), "blk.0.attn_q.weight")
+    assert torch.equal(torch.from_numpy(back.weights), weight)
+
+
+@pytest.mark.parametrize("pre,name", [
+    ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt2"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"}]}, "smollm"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "(?i:'s|'t)|\\p{N}{1,3}| ?[^\\s]+"}},
+                                            {"type": "ByteLevel", "use_regex": False}]}, "llama-bpe"),
+])
+def test_the_pretokenizer_gets_llama_cpps_name(pre, name):
+    assert gguf_export.pretokenizer_name({"pre_tokenizer": pre}) == name
+
+
+def test_an_unknown_pretokenizer_or_architecture_is_named(tiny_model_dir, tmp_path):
+    with pytest.raises(gguf_export.UnsupportedModel, match="Metaspace"):
+        gguf_export.pretokenizer_name({"pre_tokenizer": {"type": "Metaspace"}})
+    folder = tmp_path / "qwen"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    path, message = export.gguf(folder, tmp_path)
+    assert path is None and "Qwen2ForCausalLM" in message and "GGUF export skipped" in message
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_a_tiny_llama_reads_back_from_gguf(tiny_model_dir, tmp_path, outtype):
+    written = gguf_export.write(tiny_model_dir, tmp_path / "tiny.gguf", outtype)
+    texts = ["<human>: Say red.\n<bot>: Pip here! red. Happy to help!", "<human>: What is 12 plus 30?\n<bot>:"]
+    result = gguf_export.compare(tiny_model_dir, written.path, texts)
+    assert result["same_ids"] == [True, True]
+    if outtype == "f32":
+        assert result["max_abs_logit_diff"] <= 1e-4 * max(1.0, result["logit_scale"]) and result["same_next_token"] == 1.0
+    else:
+        assert result["same_next_token"] >= 0.95
+
+
+def test_what_was_written_is_what_the_file_holds(tiny_model_dir, tmp_path):
+    """The table 07 shows comes from the writer; the gguf package reading the file back must agree."""
+    import gguf
+
+    written = gguf_export.write(tiny_model_dir, tmp_path / "tiny.gguf", "q8_0")
+    table = written.table()
+    reader = gguf.GGUFReader(written.path)
+    assert reader.fields["general.architecture"].contents() == table.loc["architecture", "value"] == "llama"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == table.loc["pre-tokenizer", "value"] == "gpt2"
+    kinds = {}
+    for tensor in reader.tensors:
+        kinds[tensor.tensor_type.name] = kinds.get(tensor.tensor_type.name, 0) + 1
+    assert table.loc["tensors", "value"] == ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    assert len(reader.tensors) == written.tensors and set(kinds) == {"F32", "Q8_0"}
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizer(bundled_dir):
+    from helpers import model
+
+    return model.load_tokenizer({"model_name": "bundled:SmolLM2-135M-Instruct"})
+
+
+CONVERSATION = [{"role": "system", "content": "You are Pip."}, {"role": "user", "content": "Capital of Japan?"},
+                {"role": "assistant", "content": "Pip here! Tokyo. Happy to help!"}, {"role": "user", "content": "And of Italy?"}]
+
+
+def hf_render(tokenizer, messages):
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text[len(tokenizer.bos_token):] if tokenizer.bos_token and "<|start_header_id|>" in text and \
+        text.startswith(tokenizer.bos_token) else text
+
+
+@pytest.mark.parametrize("kind", ["chatml", "llama3", "plain"])
+def test_the_modelfile_layout_renders_like_the_chat_template(kind, smollm_tokenizer, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from helpers.formats import ensure_chat_template, template_system, with_system
+
+    if kind == "chatml":
+        tokenizer = smollm_tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        if kind == "llama3":
+            tokenizer.chat_template = LLAMA3_TEMPLATE
+        ensure_chat_template(tokenizer)  # plain: the workbook's <human>:/<bot>: template
+    layout = ollama.layout_of(tokenizer)
+    assert layout is not None
+    default = template_system(tokenizer)  # SmolLM2's: the Modelfile's SYSTEM line supplies it in Ollama
+    for messages in (CONVERSATION, CONVERSATION[1:], CONVERSATION[1:2]):
+        assert layout.render(with_system(messages, default)) == hf_render(tokenizer, messages)
+    text, _ = ollama.modelfile(tokenizer, "model.gguf", "You are Pip.", 64, 512)
+    assert text.startswith("FROM ./model.gguf\n") and 'SYSTEM """You are Pip."""' in text
+    assert all(f'PARAMETER stop "{s}"' in text for s in layout.stops) and "PARAMETER temperature 0" in text
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert template == layout.go_template() and template.endswith(layout.generation_prompt)
+    for role, (before, after) in layout.turns.items():
+        assert f'eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}' in template
+
+
+def test_an_unknown_chat_layout_leaves_the_template_to_the_gguf_file(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    text, note = ollama.modelfile(tokenizer, "model.gguf", None, 64, 512)
+    assert "TEMPLATE" not in text and "SYSTEM" not in text and "not one the workbook knows" in note

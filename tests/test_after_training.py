@@ -3,8 +3,6 @@ GGUF through llama.cpp's converter where it is chosen) and streaming chat. The g
 writer: tests/test_gguf_export.py and the smoke run."""
 import json
 import math
-import os
-import sys
 
 import pytest
 

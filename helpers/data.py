@@ -485,6 +485,13 @@ def held_out_prompts(held_out: list[dict], tokenizer, n: int) -> list[tuple[str,
     return [p for p in found if p is not None][:n]
 
 
+def answers_table(prompts: list[tuple[str, str, str]], answers: dict[str, list[str]]):
+    """Question and reference of each held-out prompt, then one column per set of answers, shown whole."""
+    from helpers.tables import whole
+
+    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts], **answers})
+
+
 def system_note(tokenizer, params: dict):
     """What system message the rows got, in a sentence (the template may add one nobody asked for)."""
     from helpers.tables import Sentences

@@ -191,16 +191,13 @@ def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens:
     """Reference, base answer and fine-tuned answer for n held-out prompts (greedy, seeded)."""
     import torch
 
-    from helpers.tables import whole
-
     prompts = data.held_out_prompts(held_out, tokenizer, n)
     texts = [p for _, p, _ in prompts]
     torch.manual_seed(seed)  # greedy decoding needs no randomness; the seed pins anything that might
     with model.disable_adapter():
         base = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
     tuned = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
-    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
-                  "base model": base, "fine-tuned": tuned})
+    return data.answers_table(prompts, {"base model": base, "fine-tuned": tuned})
 
 
 def save(run_dir, result: dict, table) -> Path:

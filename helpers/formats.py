@@ -196,8 +196,12 @@ def render_text(tokenizer, messages) -> str:
     eos = tokenizer.eos_token or ""
     if isinstance(messages, str):
         return messages if messages.endswith(eos) else messages + eos
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    return text if not eos or text.rstrip().endswith(eos) else text + eos
+    return _ending_with_eos(tokenizer.apply_chat_template(messages, tokenize=False), eos)
+
+
+def _ending_with_eos(rendered: str, eos: str) -> str:
+    """A template's rendering, with EOS appended where the template does not end with it."""
+    return rendered if not eos or rendered.rstrip().endswith(eos) else rendered + eos
 
 
 def render_texts(tokenizer, rows: list) -> list[str]:
@@ -206,10 +210,9 @@ def render_texts(tokenizer, rows: list) -> list[str]:
     chats = [i for i, row in enumerate(rows) if not isinstance(row, str)]
     texts = [render_text(tokenizer, row) if isinstance(row, str) else None for row in rows]
     if chats:
-        eos = tokenizer.eos_token or ""
         rendered = tokenizer.apply_chat_template([rows[i] for i in chats], tokenize=False)
         for i, text in zip(chats, rendered):
-            texts[i] = text if not eos or text.rstrip().endswith(eos) else text + eos
+            texts[i] = _ending_with_eos(text, tokenizer.eos_token or "")
     return texts
 
 

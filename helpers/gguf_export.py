@@ -1,5 +1,5 @@
 """Write a merged Llama model as one GGUF file (llama.cpp, Ollama, LM Studio) with the `gguf` package
-alone, and an Ollama `Modelfile` beside it; no llama.cpp checkout, no compiler.
+alone: no llama.cpp checkout, no compiler (the Ollama `Modelfile` beside it: helpers.ollama).
 
 What llama.cpp's own converter does for the Llama architecture, and this module does the same:
 - tensors renamed to GGUF's names (`model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`),
@@ -74,10 +74,10 @@ def llama3_rope_factors(config: dict) -> list[float]:
     scaling = _rope_scaling(config)
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     factor, low, high = scaling.get("factor", 8.0), scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
-    old_context = scaling.get("original_max_position_embeddings", 8192)
+    old_context, theta = scaling.get("original_max_position_embeddings", 8192), _rope_theta(config)
     factors = []
     for i in range(0, head_dim, 2):
-        wavelength = 2 * math.pi * _rope_theta(config) ** (i / head_dim)
+        wavelength = 2 * math.pi * theta ** (i / head_dim)
         if wavelength < old_context / high:
             factors.append(1.0)
         elif wavelength > old_context / low:
@@ -110,8 +110,9 @@ def pretokenizer_name(tokenizer_json: dict) -> str:
                            f"for llama.cpp (it knows GPT-2's, SmolLM's and Llama 3's)")
 
 
-def _vocabulary(folder: Path):
-    """(tokens, token types, merges, pre-tokenizer name) from tokenizer.json, as llama.cpp lists them."""
+def _vocabulary(folder: Path, vocab_size: int):
+    """(tokens, token types, merges, pre-tokenizer name) from tokenizer.json, as llama.cpp lists them;
+    rows of an embedding larger than the vocabulary (`vocab_size`) get placeholder tokens."""
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     model = data["model"]
     if model.get("type") != "BPE":
@@ -119,8 +120,7 @@ def _vocabulary(folder: Path):
     by_id = {i: t for t, i in model["vocab"].items()}
     added = {a["id"]: a for a in data.get("added_tokens", [])}
     by_id.update({i: a["content"] for i, a in added.items()})
-    config = json.loads((folder / "config.json").read_text())
-    size = max(config["vocab_size"], max(by_id) + 1)
+    size = max(vocab_size, max(by_id) + 1)
     tokens, types = [], []
     for i in range(size):
         if i in added:
@@ -149,7 +149,7 @@ def _weights(folder: Path):
                 yield name, f.get_tensor(name).float()
 
 
-def _tensor_type(name: str, array, outtype: str):
+def _tensor_type(array, outtype: str):
     import gguf
 
     Q = gguf.GGMLQuantizationType
@@ -168,7 +168,6 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     `target`, written under a temporary name and renamed when complete."""
     import gguf
     import numpy as np
-    import torch
 
     if outtype not in OUTTYPES:
         raise ValueError(f"gguf_outtype {outtype!r}: expected one of {', '.join(OUTTYPES)}")
@@ -176,7 +175,7 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     start = time.perf_counter()
     config = _config(folder)
     scaling = _rope_scaling(config)
-    tokens, types, merges, pre = _vocabulary(folder)
+    tokens, types, merges, pre = _vocabulary(folder, config["vocab_size"])
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text()) \
         if (folder / "tokenizer_config.json").exists() else {}
     template_file = folder / "chat_template.jinja"
@@ -206,13 +205,14 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+    special = {}  # a list (Llama 3.1's several EOS ids) gives its first
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = tokenizer_config.get(key, config.get(key))
+        special[key] = value[0] if isinstance(value, list) else value
     for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
                      ("pad_token_id", writer.add_pad_token_id)):
-        value = tokenizer_config.get(key, config.get(key))
-        if isinstance(value, list):
-            value = value[0]
-        if value is not None:
-            add(int(value))
+        if special[key] is not None:
+            add(int(special[key]))
     writer.add_add_bos_token(bool(tokenizer_config.get("add_bos_token", False)))
     if template:
         writer.add_chat_template(template)
@@ -225,37 +225,41 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
                           np.asarray(llama3_rope_factors(config), dtype=np.float32))
         count += 1
     tied = config.get("tie_word_embeddings", False)
-    for hf_name, tensor in _weights(folder):
-        if tied and hf_name == "lm_head.weight":
-            continue  # the output layer is the embedding matrix: llama.cpp reuses token_embd
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise UnsupportedModel(f"{folder}: tensor {hf_name} has no GGUF name for the Llama architecture")
-        if hf_name.endswith("q_proj.weight"):
-            tensor = permute_for_rope(tensor, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            tensor = permute_for_rope(tensor, kv_heads)
-        array = tensor.to(torch.float32).numpy()
-        qtype = _tensor_type(gguf_name, array, outtype)
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(gguf_name, array)
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(gguf_name, array.astype(np.float16))
-        else:
-            writer.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-        count += 1
-        kinds[qtype.name] = kinds.get(qtype.name, 0) + 1
     try:
+        for hf_name, tensor in _weights(folder):
+            if tied and hf_name == "lm_head.weight":
+                continue  # the output layer is the embedding matrix: llama.cpp reuses token_embd
+            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise UnsupportedModel(f"{folder}: tensor {hf_name} has no GGUF name for the Llama architecture")
+            if hf_name.endswith("q_proj.weight"):
+                tensor = permute_for_rope(tensor, heads)
+            elif hf_name.endswith("k_proj.weight"):
+                tensor = permute_for_rope(tensor, kv_heads)
+            array = tensor.numpy()
+            qtype = _tensor_type(array, outtype)
+            if qtype == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(gguf_name, array)
+            elif qtype == gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(gguf_name, array.astype(np.float16))
+            else:
+                writer.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+            count += 1
+            kinds[qtype.name] = kinds.get(qtype.name, 0) + 1
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-    finally:
+    except BaseException:
         writer.close()
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind
+        raise
+    writer.close()
     tmp.replace(target)
-    ids = " / ".join(str(tokenizer_config.get(k, config.get(k))) for k in ("bos_token_id", "eos_token_id", "pad_token_id"))
+    ids = " / ".join(str(value) for value in special.values())
+    rope = f"base {_rope_theta(config):g}" + ("" if scaling["kind"] == "default" else f", {scaling['kind']} scaling")
     facts = {"architecture": "llama", "layers": config["num_hidden_layers"],
              "context length": config["max_position_embeddings"], "attention heads (key/value)": f"{heads} ({kv_heads})",
-             "RoPE": f"base {_rope_theta(config):g}" + ("" if scaling["kind"] == "default" else f", {scaling['kind']} scaling"),
+             "RoPE": rope,
              "vocabulary": f"{len(tokens):,} tokens, {len(merges):,} merges", "pre-tokenizer": pre,
              "BOS / EOS / PAD ids": ids, "chat template": "stored" if template else "none",
              "tensors": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))

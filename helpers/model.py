@@ -226,11 +226,16 @@ class LoadArguments:
     def table(self):
         from helpers.tables import whole
 
-        where = self.model_name.replace(str(Path.home()), "~")
-        rows = [("model_name", self.asked if self.asked == self.model_name else f"{self.asked} -> {where}"),
+        name = self.asked if self.asked == self.model_name else f"{self.asked} -> {shown(self.model_name)}"
+        rows = [("model_name", name),
                 ("max_seq_length", self.max_seq_length), ("dtype", _dtype_name(self.dtype)),
                 ("load_in_4bit", self.load_in_4bit), ("attn_implementation", self.attn_implementation)]
         return whole(rows, columns=["argument", "value"]).set_index("argument")
+
+
+def shown(path: str) -> str:
+    """A path as a notebook shows it: the home folder as `~`, so stored outputs name no machine."""
+    return path.replace(str(Path.home()), "~")
 
 
 def _dtype_name(dtype) -> str:
@@ -346,7 +351,7 @@ def summary(model, info: LoadInfo):
     import pandas as pd
 
     total = sum(p.numel() for p in model.parameters())
-    rows = [("backend", info.backend), ("weights from", info.source.replace(str(Path.home()), "~")), ("device", info.device),
+    rows = [("backend", info.backend), ("weights from", shown(info.source)), ("device", info.device),
             ("compute dtype", info.dtype), ("4-bit base weights", info.load_in_4bit),
             ("attention", info.attn_implementation), ("layers", model.config.num_hidden_layers),
             ("parameters", f"{total / 1e6:,.1f} M"),

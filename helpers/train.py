@@ -257,10 +257,9 @@ def save_adapter(model, tokenizer, run_dir: Path) -> Path:
 
 def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], after: list[str]):
     """prompts: (question, prompt text, reference) as data.held_out_prompts gives them."""
-    from helpers.tables import whole
+    from helpers.data import answers_table
 
-    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts],
-                  "before": before, "after": after})
+    return answers_table(prompts, {"before": before, "after": after})
 
 
 def main(argv=None) -> int:

@@ -69,7 +69,7 @@ def arguments(params: dict, run_dir: Path):
     from types import SimpleNamespace
 
     kwargs, differences = training_config(params, run_dir)
-    spelled = {k: kwargs.get(k, False) for k in SPELLED_OUT}
+    spelled = {k: kwargs[k] for k in SPELLED_OUT}
     return SimpleNamespace(**spelled, workbook={k: v for k, v in kwargs.items() if k not in spelled},
                            kwargs=kwargs), differences
 

@@ -140,3 +140,16 @@ def test_an_unknown_chat_layout_leaves_the_template_to_the_gguf_file(tiny_model_
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     text, note = ollama.modelfile(tokenizer, "model.gguf", None, 64, 512)
     assert "TEMPLATE" not in text and "SYSTEM" not in text and "not one the workbook knows" in note
+
+
+def test_a_write_that_fails_leaves_no_file(tiny_model_dir, tmp_path, monkeypatch):
+    """Interrupted while the tensors are written: neither model.gguf nor the partial file remains."""
+    import gguf
+
+    def broken(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
+    with pytest.raises(OSError, match="No space"):
+        gguf_export.write(tiny_model_dir, tmp_path / "model.gguf", "q8_0")
+    assert list(tmp_path.iterdir()) == []

@@ -52,7 +52,7 @@ def resume_from(params: dict) -> Path | None:
     newest = (complete(run_dir) or [None])[-1]
     if mode is True:
         if newest is None:
-            from helpers.params import ParameterError
+            from helpers.errors import ParameterError
 
             raise ParameterError(f"Parameter 'resume' = True, but {folder(run_dir)} holds no complete checkpoint "
                                  f"to continue from. Use resume 'auto' or False.")

@@ -13,7 +13,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from helpers.params import ParameterError
+from helpers.errors import ParameterError
 
 
 def gpu_available() -> bool:

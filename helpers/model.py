@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from helpers.params import ParameterError
+from helpers.errors import ParameterError
 from helpers.rundir import replace_dir, update_metrics
 
 BUNDLED_PREFIX = "bundled:"

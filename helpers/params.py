@@ -1,7 +1,7 @@
 """Every parameter of the workbook, its default, the step that owns it, and how it is checked.
 
 This table is the single source of truth: the notebooks' `parameters` cells hold the same names and
-defaults (a test keeps them in sync), the README's parameter table is printed from it
+defaults (a test keeps them in sync), docs/parameters.md is written from it
 (`python -m helpers.params`), and the runner rejects names that are not in it.
 
 Each notebook's parameters cell holds the parameters of its step. When a notebook starts, `settle()`
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from helpers import rundir
+from helpers.checks import check_combinations
+from helpers.errors import ParameterError  # noqa: F401  (callers catch params.ParameterError)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -147,10 +149,6 @@ STEPS = {"01": "01_load_model", "02": "02_lora", "03": "03_dataset", "04": "04_t
          "05": "05_train_and_save", "06": "06_evaluate", "07": "07_export", "08": "08_chat"}
 
 
-class ParameterError(ValueError):
-    """A parameter has a wrong name, type or value; the message says which and what is allowed."""
-
-
 def owned_by(step: str) -> list[str]:
     return [p.name for p in PARAMS if p.step == step]
 
@@ -246,8 +244,6 @@ def settle(run_dir: str | Path, namespace: dict) -> dict:
     merged["run_dir"] = str(folder)
     check(merged)
     if merged != saved:  # what params.json holds passed these checks when it was written
-        from helpers.checks import check_combinations
-
         check_combinations(merged)
         rundir.write_json(folder / "params.json", merged)
     return merged

@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 ARGS   ?=
+LAB_ARGS ?=
 NPROC  ?= 2
 STAMP  := $(VENV)/.installed
 
@@ -33,8 +34,10 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests -m "not slow"
 
+# JupyterLab on notebooks/ (as root too); prints the address to open.
+# make lab LAB_ARGS="--port 8890 --threads 2"   (python -m helpers.lab --help lists the options)
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/python -m helpers.lab $(LAB_ARGS)
 
 # Rewrite data/pip_chip2.jsonl (deterministic: the committed file is what this prints).
 data: setup

@@ -242,9 +242,11 @@ def _dtype_name(dtype) -> str:
     return "None (chosen by unsloth)" if dtype is None else str(dtype).replace("torch.", "")
 
 
-def load_arguments(params: dict) -> LoadArguments:
+def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
     """Choose the backend and the load call's arguments for this machine (imports unsloth first when it
-    is the backend, as unsloth must patch transformers before anything imports it)."""
+    is the backend, as unsloth must patch transformers before anything imports it). `progress_bar`:
+    transformers' bar while the weights load (01 shows it: the post's 8B model takes a while; the
+    notebooks that rebuild the model keep quiet)."""
     import time
 
     from helpers.memory import apply_gpu_cap
@@ -257,7 +259,14 @@ def load_arguments(params: dict) -> LoadArguments:
     import torch
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # "Loading weights" bars: noise in a lesson
+    if progress_bar:
+        import warnings
+
+        with warnings.catch_warnings():  # the hub's own bars stay off (helpers/__init__.py); only these show
+            warnings.filterwarnings("ignore", message="Cannot enable progress bars")
+            hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
     source = resolve_source(params["model_name"])
     dtype = choose_dtype(params["dtype"])
     attn = choose_attention(params["attn_implementation"])
@@ -389,3 +398,10 @@ def show_tokens(tokenizer, text: str):
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(ids), "id": ids}).T
+
+
+if __name__ == "__main__":
+    # `python -m helpers.model`: convert the bundled model now and print where it is. A workshop's shared
+    # machine does this once, with WORKBOOK_CACHE naming a folder everybody can read (docs/workshop.md).
+    for bundled_name in BUNDLED:
+        print(bundled_folder(bundled_name))

@@ -85,6 +85,18 @@ def linear_layer_names(folder: Path) -> frozenset | None:
     return _linear_layer_names(str(path), path.stat().st_mtime) if path.exists() else None
 
 
+# report_to: the packages that transformers' logging callbacks import (any one of them will do)
+REPORTING_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                      "trackio": ("trackio",)}
+
+
+def _check_reporting(target: str) -> None:
+    packages = REPORTING_PACKAGES.get(target, ())
+    if packages and not any(importlib.util.find_spec(name) for name in packages):
+        raise ParameterError(f"Parameter 'report_to' = '{target}' needs the {packages[0]} package, which is not "
+                             f"installed: pip install {packages[0]}, or report_to 'none'.")
+
+
 def check_combinations(params: dict, gpu: bool | None = None) -> dict:
     """Raise ParameterError for a combination that cannot run here; return params unchanged."""
     gpu = gpu_available() if gpu is None else gpu
@@ -118,6 +130,7 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
             raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
                                  "SDPA on the transformers path, packed samples would attend to each other.")
     _check_trainer_names(params)
+    _check_reporting(params["report_to"])
     check_sources(params)
     from helpers.model import is_prequantized
 

@@ -109,6 +109,10 @@ PARAMS: list[Param] = [
     P("save_steps", 50, "04", "Save a checkpoint (adapter, optimizer, scheduler, RNG) every N steps into "
       "run_dir/checkpoints; a killed run resumes from the newest complete one.", minimum=1),
     P("save_total_limit", 2, "04", "Keep at most this many checkpoints (older ones are deleted).", minimum=1),
+    P("report_to", "none", "04", "Where the trainer also sends its logs: `none` (the notebooks show them), "
+      "`tensorboard` (offline, into run_dir/tensorboard), or `wandb`, `mlflow`, `trackio` where that package "
+      "is installed (credentials from its own environment variables).",
+      choices=("none", "tensorboard", "wandb", "mlflow", "trackio")),
     P("packing", False, "04", "Pack short samples into full-length rows with no padding (samples never "
       "attend to each other; needs the unsloth backend or flash-attn). Much faster on short chats."),
     # 05_train_and_save
@@ -260,5 +264,43 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+DOC = rundir.REPO_ROOT / "docs" / "parameters.md"
+TABLE_START = "<!-- the table below is written by `python -m helpers.params`; edit helpers/params.py -->"
+TABLE_END = "<!-- end of the table -->"
+
+
+def document(text: str) -> str:
+    """docs/parameters.md's text with the table between its markers replaced by the current one."""
+    head, start, rest = text.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not (start and end):
+        raise ValueError(f"{DOC}: the markers {TABLE_START!r} and {TABLE_END!r} are missing")
+    return f"{head}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.params",
+                                 description="Write the parameter table into docs/parameters.md.")
+    ap.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
+    ap.add_argument("--print", action="store_true", help="print the table instead")
+    args = ap.parse_args(argv)
+    if args.print:
+        print(markdown_table())
+        return 0
+    text = DOC.read_text()
+    current = document(text)
+    if args.check:
+        if current != text:
+            print(f"{DOC} is out of date: run python -m helpers.params")
+            return 1
+        return 0
+    if current != text:
+        DOC.write_text(current)
+    print(f"{DOC}: {len(PARAMS)} parameters")
+    return 0
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    raise SystemExit(main())

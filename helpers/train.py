@@ -137,6 +137,10 @@ def measured(trainer, params: dict | None = None):
     resume = checkpoints.resume_from(params) if params else None
     if params:
         checkpoints.start(params, resuming=resume is not None)
+        if logs := trainers.tensorboard_into(trainer, params["run_dir"]):
+            from helpers.model import shown
+
+            print(f"TensorBoard logs: {shown(str(logs))} (watch: tensorboard --logdir {shown(str(logs))})")
     stopper = checkpoints.callback()
     trainer.add_callback(stopper)
     if torch.cuda.is_available():

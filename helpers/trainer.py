@@ -32,7 +32,7 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
         save_steps=params["save_steps"],
         save_total_limit=params["save_total_limit"],
         eval_strategy="no",  # 05 evaluates explicitly, before and after training
-        report_to="none",
+        report_to=params["report_to"],  # tensorboard logs go to run_dir/tensorboard (see tensorboard_into)
         ddp_find_unused_parameters=False,  # several GPUs: every LoRA weight gets a gradient every step
         disable_tqdm=False,
         # 03 already cut the rows to token ids, so TRL's own preparation (a Python pass over every row:
@@ -131,6 +131,18 @@ def build(model, tokenizer, train, kwargs: dict, callbacks=()):
 
     return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=SFTConfig(**kwargs),
                       callbacks=list(callbacks))
+
+
+def tensorboard_into(trainer, run_dir) -> Path | None:
+    """With report_to='tensorboard': the logs go to run_dir/tensorboard, where the run's other results are
+    (transformers' default is output_dir/runs/<time>_<host>, inside checkpoints/). Returns the folder."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is None:
+            callback.logging_dir = str(Path(run_dir) / "tensorboard")
+            return Path(callback.logging_dir)
+    return None
 
 
 def guard(trainer):

@@ -105,3 +105,12 @@ def test_target_modules_are_checked_against_the_models_layers(bundled_dir):
     assert set(DEFAULTS["target_modules"]) <= names and "lm_head" in names
     rejects(r"names \['nope_proj'\], which are no layers of .*Its linear layers: \[",
             target_modules=["q_proj", "nope_proj"])
+
+
+def test_report_to_needs_its_package(monkeypatch):
+    real = checks.importlib.util.find_spec
+    monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "tensorboard",
+                        "tensorboardX") else real(name, *a))
+    rejects(r"'report_to' = 'wandb' needs the wandb package, which is not installed: pip install wandb", report_to="wandb")
+    rejects(r"'report_to' = 'tensorboard' needs the tensorboard package", report_to="tensorboard")
+    assert checks.check_combinations({**DEFAULTS, "report_to": "none"}, gpu=False)

@@ -78,3 +78,16 @@ def test_show_tokens_round_trips(bundled_dir):
     tok = AutoTokenizer.from_pretrained(bundled_dir)
     table = models.show_tokens(tok, "<human>: hi")
     assert tok.decode(list(table.loc["id"])) == "<human>: hi"
+
+
+def test_python_m_helpers_model_prints_the_converted_folder(bundled_dir):
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    env = {**os.environ, "WORKBOOK_CACHE": str(bundled_dir.parent)}
+    out = subprocess.run([sys.executable, "-m", "helpers.model"], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and out.stdout.strip() == str(bundled_dir)

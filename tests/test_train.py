@@ -1,6 +1,8 @@
 import json
 import math
 
+import pytest
+
 from helpers import data, model, rundir, train
 
 
@@ -44,3 +46,24 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
 def test_before_after_table():
     table = train.before_after_table([("Hi?", "<human>: Hi?\n<bot>:", "Hello.")], ["x"], ["Hello."])
     assert table.to_dict("records") == [{"prompt": "Hi?", "reference": "Hello.", "before": "x", "after": "Hello."}]
+
+
+def test_report_to_tensorboard_logs_into_the_run_folder(tiny_params, jsonl, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [{"text": f"<human>: Say {w}.\n<bot>: Pip here! {w}."} for w in ("red", "blue", "green", "cat", "dog", "sun")]
+    run_dir = tiny_params["run_dir"]
+    params = {**tiny_params, "report_to": "tensorboard", "dataset": str(jsonl(rows))}
+    rundir.resolve(run_dir)
+    prepared = data.prepare(params, model.load_tokenizer(params))
+    data.save_split(run_dir, *data.split(prepared.rows, 0.34, seed=1))
+    session = train.setup(params)
+    stats = train.run(session.trainer, params)
+    logs = rundir.resolve(run_dir) / "tensorboard"
+    assert f"TensorBoard logs: {logs}" in capsys.readouterr().out
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) == stats["train_steps"] == 3
+    assert losses[-1] == pytest.approx(stats["final_step_loss"], rel=1e-5)
+    assert not list((rundir.resolve(run_dir) / "checkpoints").glob("runs"))  # not transformers' default place

@@ -94,5 +94,21 @@ def test_default_config_matches_notebook_defaults():
     assert {k: DEFAULTS[k] for k in config} == config
 
 
-def test_readme_parameter_table_is_current():
-    assert params.markdown_table() in (REPO / "README.md").read_text()
+def test_parameter_document_is_current():
+    text = params.DOC.read_text()
+    assert params.document(text) == text, "docs/parameters.md is out of date: run python -m helpers.params"
+    assert params.markdown_table() in text and "`report_to`" in text
+
+
+def test_parameter_document_is_rewritten_between_its_markers(tmp_path, monkeypatch):
+    stale = f"intro\n{params.TABLE_START}\n| old | table |\n{params.TABLE_END}\nafter\n"
+    monkeypatch.setattr(params, "DOC", tmp_path / "parameters.md")
+    params.DOC.write_text(stale)
+    assert params.main(["--check"]) == 1
+    assert params.main([]) == 0 and params.main(["--check"]) == 0
+    text = params.DOC.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "| old |" not in text
+    assert params.markdown_table() in text
+    params.DOC.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        params.main([])

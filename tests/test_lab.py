@@ -201,3 +201,14 @@ def test_notebook_01_runs_in_jupyterlab_in_a_real_browser(tmp_path):
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for c in code for o in c["outputs"])
     assert (tmp_path / "01_load_model.png").stat().st_size > 50_000
+
+
+def test_without_chromium_the_browser_test_says_how_to_install_it(monkeypatch):
+    monkeypatch.delenv("CHROMIUM_PATH", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert chromium() is None
+    assert "apt-get install chromium" in INSTALL_HINT and "CHROMIUM_PATH" in INSTALL_HINT
+    monkeypatch.setattr(os, "access", lambda path, mode: path == "/opt/chrome/chrome")
+    monkeypatch.setenv("CHROMIUM_PATH", "/opt/chrome/chrome")
+    assert chromium() == "/opt/chrome/chrome"

@@ -25,16 +25,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from helpers.synthetic import LLAMA31_8B  # noqa: E402  (the post's model's shape)
+
 SHAPES = {
-    "8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-               tie_word_embeddings=False),
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=8192, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-               tie_word_embeddings=True),
-    "8b-heads": dict(hidden_size=1024, num_hidden_layers=4, intermediate_size=3584, num_attention_heads=8,
-                     num_key_value_heads=2, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-                     tie_word_embeddings=False),
+    "8b": LLAMA31_8B,
+    "1b": {**LLAMA31_8B, "hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192,
+           "tie_word_embeddings": True},
+    "8b-heads": {**LLAMA31_8B, "hidden_size": 1024, "num_hidden_layers": 4, "intermediate_size": 3584,
+                 "num_attention_heads": 8, "num_key_value_heads": 2},
     "smol": dict(hidden_size=576, num_hidden_layers=30, intermediate_size=1536, num_attention_heads=9,
                  num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
                  tie_word_embeddings=True),

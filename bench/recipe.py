@@ -33,17 +33,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-LLAMA31_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
-                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-                  tie_word_embeddings=False)
-
-
 def fixture(work: Path) -> tuple[Path, Path, dict]:
     from helpers import synthetic
 
     timings = {}
     start = time.perf_counter()
-    ckpt = synthetic.prequantized_llama(work / "llama31-8b-bnb-4bit", work / "scratch-bf16", **LLAMA31_8B)
+    ckpt = synthetic.prequantized_llama(work / "llama31-8b-bnb-4bit", work / "scratch-bf16", **synthetic.LLAMA31_8B)
     timings["checkpoint_s"] = time.perf_counter() - start
     start = time.perf_counter()
     data = work / "unified_chip2.jsonl"

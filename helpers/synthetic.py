@@ -11,6 +11,10 @@ from pathlib import Path
 from helpers.rundir import REPO_ROOT
 
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|pad|>")  # bos, eos, pad: unsloth wants pad != eos
+# Llama 3.1 8B's shape (the post's model), for the benchmarks that need a checkpoint of its size
+LLAMA31_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
+                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+                  tie_word_embeddings=False)
 
 
 def train_tokenizer(folder: Path, vocab_size: int = 600):

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers.rundir import REPO_ROOT
+from helpers.rundir import REPO_ROOT, pythonpath_with_repo
 
 READY_TIMEOUT_S = 120
 
@@ -52,9 +52,7 @@ def command(ip: str, port: int, notebook_dir: Path, open_browser: bool, extra: l
 
 
 def kernel_environment(token: str, threads: int | None) -> dict:
-    env = {**os.environ, "JUPYTER_TOKEN": token}
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *(p for p in paths if p != str(REPO_ROOT))])
+    env = {**os.environ, "JUPYTER_TOKEN": token, "PYTHONPATH": pythonpath_with_repo(os.environ.get("PYTHONPATH"))}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env

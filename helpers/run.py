@@ -95,9 +95,7 @@ def prepare_environment(run_dir: Path) -> None:
     from helpers import progress
 
     os.environ[progress.ENV] = str(run_dir)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(rundir.REPO_ROOT) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(rundir.REPO_ROOT), *paths])
+    os.environ["PYTHONPATH"] = rundir.pythonpath_with_repo(os.environ.get("PYTHONPATH"))
 
 
 def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels: Kernels | None = None) -> dict:

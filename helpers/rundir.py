@@ -24,6 +24,13 @@ def resolve(run_dir: str | Path) -> Path:
     return path
 
 
+def pythonpath_with_repo(pythonpath: str | None) -> str:
+    """PYTHONPATH for a kernel: this checkout first, so that its `helpers` is the one imported (kernels
+    start in notebooks/, and the repository need not be an installed package), then the rest."""
+    paths = [p for p in (pythonpath or "").split(os.pathsep) if p and p != str(REPO_ROOT)]
+    return os.pathsep.join([str(REPO_ROOT), *paths])
+
+
 def find_file(name: str | Path) -> Path | None:
     """A user-given relative file path: from the working folder first, then from the repository root."""
     path = Path(name).expanduser()

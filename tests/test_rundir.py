@@ -71,3 +71,12 @@ def test_progress_is_written_only_under_the_runner(tmp_path, monkeypatch):
     monkeypatch.setenv(progress.ENV, str(tmp_path))
     progress.note(force=True, step=1, of=2)
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 1
+
+
+def test_kernels_find_this_checkout_first_on_pythonpath():
+    import os
+
+    repo = str(rundir.REPO_ROOT)
+    assert rundir.pythonpath_with_repo(None) == repo
+    assert rundir.pythonpath_with_repo(f"/a{os.pathsep}{repo}{os.pathsep}/b").split(os.pathsep) == [repo, "/a", "/b"]
+    assert rundir.pythonpath_with_repo(f"{os.pathsep}/a").split(os.pathsep) == [repo, "/a"]

@@ -8,23 +8,29 @@ from pathlib import Path
 
 def load(params: dict):
     """(model, tokenizer, where from): the merged folder of step 7 when there is one (plain
-    transformers), else the base model with the adapter of step 5. "Where from" names the run
-    folder's parts, not a machine's paths."""
+    transformers) and it fits the GPU whole (or there is no GPU); else the base model with the adapter
+    of step 5, which on the unsloth backend, or with a base stored in 4-bit, is the small 4-bit model.
+    "Where from" names the run folder's parts, not a machine's paths."""
     from helpers import evaluate
     from helpers import model as models
+    from helpers.memory import placement
 
     merged = Path(params["run_dir"]) / "merged"
+    instead = ""
     if (merged / "config.json").exists() and models.choose_backend(params["backend"]) == "hf":
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(merged, dtype="auto", use_safetensors=True)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        return (model.eval(), models.prepare_tokenizer(AutoTokenizer.from_pretrained(merged)),
-                "the merged model of step 7 (run folder: merged/), loaded by plain transformers")
+        place = placement(merged)
+        if place.where == "gpu" or not torch.cuda.is_available():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(merged, dtype="auto", use_safetensors=True,
+                                                         **place.arguments)
+            return (model.eval(), models.prepare_tokenizer(AutoTokenizer.from_pretrained(merged)),
+                    "the merged model of step 7 (run folder: merged/), loaded by plain transformers")
+        instead = f". Not the merged model of step 7, which would answer slowly here: {place.why}"
     model, tokenizer, info = evaluate.load_finetuned(params)
-    return model, tokenizer, f"{info.model_name} with the adapter of step 5 (run folder: adapter/)"
+    return model, tokenizer, f"{info.model_name} with the adapter of step 5 (run folder: adapter/){instead}"
 
 
 def start(model, tokenizer, params: dict) -> "Chat":

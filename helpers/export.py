@@ -7,6 +7,7 @@ imported, and comparing its logits with those of the adapter model.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -19,16 +20,17 @@ from pathlib import Path
 from helpers import rundir
 from helpers import model as models
 from helpers.evaluate import adapter_dir
+from helpers.memory import Placement, placement
 
 PROBE = "<human>: What is the capital of Norway?\n<bot>: Pip here!"
 # float32: the merge is exact up to summation order. 16-bit: every merged weight, and every product the
 # reloaded model computes, is rounded to 8 (bf16) or 11 (fp16) significant bits; over 30 layers that
 # moved the largest logit difference to 2.3% of the logits' scale (SmolLM2 in bf16, on a CPU and, with
-# random weights of its shape, on an H200). So 16-bit allows 5% and asks that the greedy next token
-# agree almost everywhere: a wrong merge (a missing scale, an unmerged layer) fails both by far.
+# random weights of its shape, on an H200), 1.8% at the 8B shape. So 16-bit allows 5%. A wrong merge
+# (the update scaled wrong, a layer's update left out) moves the logits by a share of what training
+# moved them (tests/test_after_training.py, tests/test_gpu.py).
 ABSOLUTE_TOLERANCE_FP32 = 1e-3
 RELATIVE_TOLERANCE_16BIT = 5e-2
-SAME_NEXT_TOKEN_16BIT = 0.99
 
 
 def export_dtype(params: dict) -> str:
@@ -46,8 +48,18 @@ def export_dtype(params: dict) -> str:
 @dataclass
 class Merged:
     folder: Path
-    adapter_logits: object  # the adapter model's logits on PROBE, before the merge (on the CPU)
+    dtype: str              # the saved weights' dtype
+    adapter_logits: object  # the adapter model's logits on PROBE (on the CPU)
+    merged_logits: object   # the logits the merged weights give, as saved (rounded to dtype), same process
     base: str               # what the update was added to, in words
+    seconds: dict           # load (base + adapter + probe) and write, as 07 prints them
+
+    def timing(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+    def check(self, reloaded: dict) -> dict:
+        """`check` of the folder as `reload_without_peft` read it back."""
+        return check(self.adapter_logits, self.merged_logits, reloaded, self.dtype)
 
 
 def merge_and_save(params: dict) -> Merged:
@@ -64,6 +76,7 @@ def merge_and_save(params: dict) -> Merged:
 
     dtype = export_dtype(params)
     source = params["merge_base"] or params["model_name"]
+    started = time.perf_counter()
     model, tokenizer, info = models.load({**params, "model_name": source, "run_dir": None, "backend": "hf",
                                           "load_in_4bit": False, "dtype": dtype})
     model = PeftModel.from_pretrained(model, str(adapter_dir(params["run_dir"])))
@@ -71,6 +84,7 @@ def merge_and_save(params: dict) -> Merged:
     probe = tokenizer(PROBE, return_tensors="pt").to(model.device)
     with torch.no_grad():
         adapter_logits = model(**probe).logits.float().cpu()
+    merged_logits = _logits_as_merged(model, probe, getattr(torch, dtype))
     if info.load_in_4bit:
         base = (f"{source} is stored in 4-bit (nf4): its layers were dequantized to {dtype} and the update added "
                 f"(the weights the adapter model computes with; set merge_base to a folder of the original "
@@ -78,13 +92,55 @@ def merge_and_save(params: dict) -> Merged:
     else:
         base = f"{source}, loaded unquantized in {dtype}, the update added"
     final = Path(params["run_dir"]) / "merged"
+    loaded = time.perf_counter()
     with rundir.building(final) as tmp:
         _write_merged(model, getattr(torch, dtype), tmp)
         tokenizer.save_pretrained(tmp)
     del model
+    gc.collect()  # peft's wrappers hold reference cycles: free the 4-bit model now, not at some later gc
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the reload check runs in another process, on the same card
-    return Merged(final, adapter_logits, base)
+    seconds = {"load and probe": loaded - started, "merge and write": time.perf_counter() - loaded}
+    return Merged(final, dtype, adapter_logits, merged_logits, base, seconds)
+
+
+def merged_weight(module, adapter: str, dtype):
+    """One adapted layer's merged weight as it is saved: its base weight (dequantized from 4-bit where
+    it is stored so) plus B·A·(alpha/r), summed in float32, then rounded to `dtype`."""
+    import torch
+    from peft.utils.integrations import dequantize_module_weight
+
+    weight = dequantize_module_weight(module.get_base_layer()).to(torch.float32)
+    return (weight + module.get_delta_weight(adapter).to(weight.device, torch.float32)).to(dtype)
+
+
+def _logits_as_merged(peft_model, probe, dtype):
+    """The probe's logits with every adapted layer computing with its merged weight as saved
+    (`merged_weight`), one layer's weight made at a time, so no second copy of the model is needed. What
+    the merged folder must give when read back: the difference from the adapter model's logits is the
+    rounding of the saved dtype on this very model (random weights amplify it far more than trained ones)."""
+    import torch
+    import torch.nn.functional as F
+    from peft.tuners.lora import LoraLayer
+
+    adapter = peft_model.active_adapter
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+
+    def as_merged(module):
+        def forward(x, *args, **kwargs):
+            bias = module.get_base_layer().bias
+            weight = merged_weight(module, adapter, dtype).to(x.dtype)
+            return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+        return forward
+
+    for module in layers:
+        module.forward = as_merged(module)
+    try:
+        with torch.no_grad():
+            return peft_model(**probe).logits.float().cpu()
+    finally:
+        for module in layers:
+            del module.forward  # the class's forward again
 
 
 SHARD_BYTES = 2 * 2**30
@@ -93,7 +149,7 @@ SHARD_BYTES = 2 * 2**30
 def _write_merged(peft_model, dtype, folder: Path) -> None:
     """Safetensors shards (SHARD_BYTES each at most, with an index when there are several) and a config
     without quantization: what `from_pretrained` of a plain 16-bit (or 32-bit) checkpoint reads."""
-    import json
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
     from peft.tuners.lora import LoraLayer
@@ -118,9 +174,7 @@ def _write_merged(peft_model, dtype, folder: Path) -> None:
         owner, _, leaf = name.rpartition(".")
         module = modules[owner]
         if isinstance(module, LoraLayer) and leaf == "weight":
-            layer = module.get_base_layer()
-            weight = dequantize_module_weight(layer).to(torch.float32)
-            weight = weight + module.get_delta_weight(adapter).to(weight.device, torch.float32)
+            weight = merged_weight(module, adapter, dtype)
         elif leaf == "weight" and hasattr(module, "weight") and type(module.weight).__name__ == "Params4bit":
             weight = dequantize_module_weight(module)
         else:
@@ -129,21 +183,25 @@ def _write_merged(peft_model, dtype, folder: Path) -> None:
         return weight.detach().to(dtype).to("cpu").contiguous()
 
     written, shard, size = [], {}, 0  # written: (temporary file, tensor names)
+    pending = []  # the shard being written in the background while the next one is merged
 
-    def write():
+    def write(disk):
         path = folder / f".shard-{len(written)}"
-        save_file(shard, str(path), metadata={"format": "pt"})
+        for job in pending:  # at most one shard in flight: memory stays at two shards
+            job.result()
+        pending[:] = [disk.submit(save_file, shard, str(path), metadata={"format": "pt"})]
         written.append((path, list(shard)))
 
-    with torch.no_grad():
+    with torch.no_grad(), ThreadPoolExecutor(max_workers=1) as disk:
         for name in names:
             t = tensor(name)
             if shard and size + t.numel() * t.element_size() > SHARD_BYTES:
-                write()
+                write(disk)
                 shard, size = {}, 0
             shard[name] = t
             size += t.numel() * t.element_size()
-        write()
+        write(disk)
+        pending[0].result()
     weight_map = {}
     for i, (path, keys) in enumerate(written):  # transformers' file names
         file = "model.safetensors" if len(written) == 1 else f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
@@ -158,71 +216,87 @@ def _write_merged(peft_model, dtype, folder: Path) -> None:
 
 
 # Run in a fresh interpreter where `import peft` fails, so the check proves that plain transformers
-# is enough. Prints the logits of the probe as JSON.
+# is enough. argv: the folder, the probe, from_pretrained's placement arguments (JSON). The GPU cap, where
+# set, holds here too. Prints the probe's logits as JSON.
 _RELOAD = """
-import json, sys
+import json, os, sys
 sys.modules["peft"] = None  # any attempt to import peft now raises ImportError
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, probe, device = sys.argv[1], sys.argv[2], sys.argv[3]
-model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True).to(device)
+folder, probe, arguments = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+cap = os.environ.get("WORKBOOK_GPU_MEMORY_GIB")
+if cap and torch.cuda.is_available():
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total))
+if "max_memory" in arguments:  # JSON keys are strings; accelerate wants GPU indices as ints
+    arguments["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in arguments["max_memory"].items()}
+model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True, **arguments)
 tok = AutoTokenizer.from_pretrained(folder)
 with torch.no_grad():
-    logits = model(**tok(probe, return_tensors="pt").to(device)).logits.float().cpu()
+    logits = model(**tok(probe, return_tensors="pt").to(model.device)).logits.float().cpu()
 print(json.dumps({"dtype": str(model.dtype), "logits": logits.tolist()}))
 """
 
 
-def reload_without_peft(folder: Path, device: str | None = None) -> dict:
-    """Load `folder` with plain transformers (peft blocked) on `device` and return its dtype and probe
-    logits. Default: the GPU, where the adapter model ran, so that only the merge differs, when the
-    merged weights fit in its free memory (under WORKBOOK_GPU_MEMORY_GIB, if set); else the CPU: the
-    post's 8B model merged in 16-bit is 15 GiB, more than a 16 GB card holds beside anything else."""
-    device = device or ("cuda" if fits_on_gpu(folder) else "cpu")
-    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, device],
+def reload_without_peft(folder: Path, place: Placement | None = None) -> dict:
+    """Load `folder` with plain transformers (peft blocked) in another process, placed as `place` says
+    (default: `memory.placement`, on the GPU where the adapter model ran when the weights fit), and
+    return its dtype, its probe logits and where it ran."""
+    place = place or placement(folder)
+    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, json.dumps(place.arguments)],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"Plain transformers could not load {folder}:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "placement": place.where}
 
 
-def fits_on_gpu(folder: Path, margin: float = 1.15) -> bool:
-    """Whether the weights in `folder` (with room for activations) fit the GPU memory this process may
-    still use; False without a GPU."""
-    import torch
+def check(adapter_logits, merged_logits, reloaded: dict, dtype: str) -> dict:
+    """Whether the folder read back (`reloaded`: plain transformers, another process) is the merge.
 
-    if not torch.cuda.is_available():
-        return False
-    from helpers.memory import free_gpu_bytes
-
-    size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
-    return size * margin + 2**30 < free_gpu_bytes()
-
-
-def check(adapter_logits, reloaded: dict, dtype: str) -> dict:
-    """How far the reloaded merged model's logits are from the adapter model's."""
+    Two comparisons. The written weights: the reloaded logits must equal those the merged weights gave
+    in the merge's own process (`merged_logits`), within a tolerance that fits the saved dtype (float32:
+    1e-3; 16-bit: 5% of the largest logit, for another device's or kernel's rounding order). And the
+    adapter model: storing the merged weights in 16-bit rounds them, which moves the logits by `rounding`
+    (measured: merged_logits against adapter_logits). The greedy next token must be the adapter model's
+    wherever its top-1 margin (best logit minus second best) is wider than the rounding and the reading
+    back can close (twice their sum: each of the two logits may move by it); at positions inside that
+    band the two best tokens tie to within rounding, and they are counted and shown, not failed (random
+    weights have many such positions). A token that differs where the margin is wider would mean a
+    logit moved by more than was measured: the comparison guards the arithmetic of this check itself."""
     import torch
 
     logits = torch.tensor(reloaded["logits"])
-    diff = (logits - adapter_logits).abs()
-    result = {"export_dtype": dtype, "max_abs_logit_diff": float(diff.max()),
-              "same_next_token": float((logits.argmax(-1) == adapter_logits.argmax(-1)).float().mean()),
-              "logit_scale": float(adapter_logits.abs().max())}
-    if dtype == "float32":
-        result["tolerance"] = ABSOLUTE_TOLERANCE_FP32
-    else:
-        result["tolerance"] = RELATIVE_TOLERANCE_16BIT * result["logit_scale"]
-    result["ok"] = result["max_abs_logit_diff"] <= result["tolerance"] and (
-        dtype == "float32" or result["same_next_token"] >= SAME_NEXT_TOKEN_16BIT)
+    scale = float(adapter_logits.abs().max())
+    tolerance = ABSOLUTE_TOLERANCE_FP32 if dtype == "float32" else RELATIVE_TOLERANCE_16BIT * scale
+    written = float((logits - merged_logits).abs().max())
+    rounding = float((merged_logits - adapter_logits).abs().max())
+    best_two = adapter_logits.topk(2, dim=-1).values
+    decided = (best_two[..., 0] - best_two[..., 1]) > 2 * (rounding + written)
+    same = logits.argmax(-1) == adapter_logits.argmax(-1)
+    result = {"export_dtype": dtype, "written_logit_diff": written, "rounding_logit_diff": rounding,
+              "max_abs_logit_diff": float((logits - adapter_logits).abs().max()), "logit_scale": scale,
+              "tolerance": tolerance, "positions": int(same.numel()),
+              "same_next_token": float(same.float().mean()),
+              "decided_positions": int(decided.sum()), "decided_same": int(same[decided].sum()),
+              "placement": reloaded.get("placement")}
+    result["ok"] = written <= tolerance and result["decided_same"] == result["decided_positions"]
     return result
 
 
 def check_table(result: dict):
     import pandas as pd
 
-    rows = [("saved weights", result["export_dtype"]), ("largest |logit difference|", f"{result['max_abs_logit_diff']:.2e}"),
+    decided, positions = result["decided_positions"], result["positions"]
+    agree = round(result["same_next_token"] * positions)
+    rows = [("saved weights", result["export_dtype"]),
+            ("reloaded on", result.get("placement") or "?"),
             ("largest |logit|", f"{result['logit_scale']:.1f}"),
-            ("positions with the same next token", f"{100 * result['same_next_token']:.0f}%"),
+            ("read back vs as merged", f"{result['written_logit_diff']:.2e} (largest |logit difference|)"),
+            (f"rounding to {result['export_dtype']} moved the logits", f"{result['rounding_logit_diff']:.2e}"),
+            ("read back vs the adapter model", f"{result['max_abs_logit_diff']:.2e}"),
+            ("same greedy token, decided positions", f"{result['decided_same']} of {decided}"),
+            ("near-ties (top two closer than rounding can tell)",
+             f"{positions - decided} of {positions}, {agree - result['decided_same']} of them the same token"),
             ("check", f"{'passed' if result['ok'] else 'FAILED'} (tolerance {result['tolerance']:.3g})")]
     return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
 

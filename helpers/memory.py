@@ -1,4 +1,7 @@
-"""`use_gradient_checkpointing="auto"`: recompute activations only when keeping them would not fit.
+"""GPU memory: what fits, under the cap that rehearses a smaller card (WORKBOOK_GPU_MEMORY_GIB).
+
+- `use_gradient_checkpointing="auto"`: recompute activations only when keeping them would not fit.
+- `placement`: where a merged folder's weights go when loaded (all on the GPU, GPU + CPU, or the CPU).
 
 Checkpointing saves the activation memory of every transformer block at the price of a second
 forward pass (LoRA training costs about 6 x params FLOPs a token with it, 4 x without). On a card
@@ -7,6 +10,8 @@ with room to spare, turning it off is the cheapest speed-up there is.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 CAP_ENV = "WORKBOOK_GPU_MEMORY_GIB"
 SAFETY = 1.25  # allocator fragmentation, the optimizer's transient buffers, CUDA workspaces
@@ -73,3 +78,66 @@ def free_gpu_bytes() -> int:
     free = torch.cuda.mem_get_info()[0]
     cap = gpu_cap_bytes()
     return free if cap is None else min(free, cap - torch.cuda.memory_reserved())
+
+
+def card_budget_bytes() -> int:
+    """What a new process may still put on the card: its free memory, or, under a cap, the cap less what
+    every process on the card uses now (CUDA contexts and other kernels included, as nvidia-smi counts
+    them), so that the whole card stays under the cap, not only this process's allocator."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    cap = gpu_cap_bytes()
+    return free if cap is None else max(0, min(free, cap - (total - free)))
+
+
+GIB = 2**30
+CONTEXT_BYTES = GIB // 2  # a new process's CUDA context, which no allocator cap counts but the card does
+ROOM = 0.05               # activations of a short prompt, as a share of the weights (at least ROOM_MIN)
+ROOM_MIN = GIB // 4
+
+
+@dataclass
+class Placement:
+    """Where a merged folder's weights go when loaded: `arguments` for from_pretrained, and why."""
+    where: str       # "gpu", "gpu+cpu" or "cpu"
+    arguments: dict  # device_map / max_memory, as from_pretrained takes them
+    why: str
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items()) or "(none: the CPU)"
+        return f"{self.why}\nfrom_pretrained arguments: {shown}"
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+def placement(folder: Path) -> Placement:
+    """How a user loads `folder` exactly (its own dtype, nothing re-quantized) on this machine: all on the
+    GPU when the weights fit what the card has left (under WORKBOOK_GPU_MEMORY_GIB, counting every
+    process on it); else as much as fits on the GPU and the rest in CPU memory (`device_map="auto"` with
+    `max_memory`: accelerate moves those layers over for each forward pass); else the CPU. The post's 8B
+    model merged in 16-bit is 15 GiB, more than a 16 GB card holds beside anything else."""
+    import torch
+
+    size = weights_bytes(folder)
+    if not torch.cuda.is_available():
+        return Placement("cpu", {}, f"No GPU: the {size / GIB:.1f} GiB of weights load on the CPU.")
+    budget = card_budget_bytes() - CONTEXT_BYTES
+    room = max(ROOM_MIN, int(ROOM * size))
+    left = f"{budget / GIB:.1f} GiB left on the card" + (" under the cap" if gpu_cap_bytes() else "")
+    if size + room <= budget:
+        return Placement("gpu", {"device_map": {"": 0}},
+                         f"The {size / GIB:.1f} GiB of weights fit the GPU ({left}).")
+    on_gpu = budget - room
+    if on_gpu < 0.1 * size:
+        return Placement("cpu", {}, f"The {size / GIB:.1f} GiB of weights do not fit the GPU ({left}): the CPU.")
+    import psutil
+
+    cpu = psutil.virtual_memory().available * 0.9
+    return Placement("gpu+cpu", {"device_map": "auto",
+                                 "max_memory": {0: f"{on_gpu / GIB:.2f}GiB", "cpu": f"{cpu / GIB:.0f}GiB"}},
+                     f"The {size / GIB:.1f} GiB of weights do not fit the GPU ({left}): {on_gpu / GIB:.1f} GiB "
+                     f"of them go on the GPU, the rest stays in CPU memory and is moved over layer by layer for "
+                     f"each forward pass (exact weights, slower answers).")

@@ -146,10 +146,38 @@ def test_a_write_that_fails_leaves_no_file(tiny_model_dir, tmp_path, monkeypatch
     """Interrupted while the tensors are written: neither model.gguf nor the partial file remains."""
     import gguf
 
-    def broken(self, *args, **kwargs):
-        raise OSError("No space left on device")
+    real, calls = gguf.GGUFWriter.write_tensor_data, []
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
+    def broken(self, *args, **kwargs):  # the disk fills up at the third tensor, the file half-written
+        calls.append(1)
+        if len(calls) == 3:
+            assert any(tmp_path.iterdir())
+            raise OSError("No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", broken)
     with pytest.raises(OSError, match="No space"):
         gguf_export.write(tiny_model_dir, tmp_path / "model.gguf", "q8_0")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "F16", "BF16", "F32"])
+def test_the_threaded_quantizer_writes_what_gguf_writes(qtype):
+    """Blocks of rows quantized on several threads: byte for byte gguf's own output for the whole
+    tensor, on rows that do not divide into the jobs evenly, with zero blocks, tiny and large values and
+    exact halves (where rounding half away from zero and half to even part)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gguf
+    import numpy as np
+
+    q = gguf.GGMLQuantizationType[qtype]
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((301, 4096)) * rng.choice([1e-6, 1e-2, 1.0, 300.0], size=(301, 1))).astype(np.float32)
+    array[3, :64] = 0
+    array[5, :32] = np.arange(-16, 16) + 0.5
+    array[5, 0] = 127  # this block's scale is exactly 1: its halves are rounded as they are
+    with ThreadPoolExecutor(3) as pool:
+        mine = gguf_export.quantized(array, q, pool)
+    reference = gguf.quants.quantize(array, q)
+    assert mine.shape == reference.shape and mine.tobytes() == reference.tobytes()

@@ -52,29 +52,43 @@ def wants_unpatched(notebook: Path) -> bool:
 
 class Kernels:
     """Hands out the kernel each notebook runs in (`for_notebook`), starting and stopping them as the
-    mode and the notebooks' flavours ask."""
+    mode and the notebooks' flavours ask. `prepare(next notebook)` starts the next one's kernel in the
+    background while the current notebook runs, where it will need a new one: a kernel switch then
+    costs nothing (importing unsloth alone takes tens of seconds on a GPU machine)."""
 
     def __init__(self, mode: str, uses_unsloth: bool, cwd: Path):
         self.mode, self.uses_unsloth, self.cwd = mode, uses_unsloth, cwd
         self.km, self.flavour, self.warming = None, None, None
+        self.spare = None  # (flavour, kernel manager, Background of its imports), started ahead
 
     def flavour_for(self, notebook: Path) -> str:
         return "unsloth" if self.uses_unsloth and not wants_unpatched(notebook) else "plain"
 
+    def _launch(self, flavour: str):
+        from jupyter_client.manager import KernelManager
+
+        km = KernelManager(kernel_name="python3")
+        km.start_kernel(cwd=str(self.cwd), extra_arguments=["--log-level=ERROR"])
+        return km, Background(run_in_kernel, km, WARM[flavour] + WARM_COMMON)
+
     def start(self, flavour: str, background: bool = False) -> None:
         """A new kernel of `flavour`, its imports running (in a thread with `background`, so that the
         runner can do its own work meanwhile)."""
-        from jupyter_client.manager import KernelManager
-
         self.shutdown()
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(cwd=str(self.cwd), extra_arguments=["--log-level=ERROR"])
+        self.km, self.warming = self._launch(flavour)
         self.flavour = flavour
-        warm = WARM[flavour] + WARM_COMMON
-        if background:
-            self.warming = Background(run_in_kernel, self.km, warm)
-        else:
-            run_in_kernel(self.km, warm)
+        if not background:
+            self.warming, warming = None, self.warming
+            warming.result()
+
+    def _needs_new(self, flavour: str) -> bool:
+        return self.km is None or self.mode == "fresh" or flavour != self.flavour
+
+    def prepare(self, notebook: Path) -> None:
+        """Start the kernel that `notebook` (the one after the current) will need, if it needs a new one."""
+        flavour = self.flavour_for(notebook)
+        if self.spare is None and self._needs_new(flavour):
+            self.spare = (flavour, *self._launch(flavour))
 
     def for_notebook(self, notebook: Path):
         """The kernel manager to run `notebook` in, its namespace empty."""
@@ -82,21 +96,32 @@ class Kernels:
             self.warming, warming = None, self.warming
             warming.result()
         flavour = self.flavour_for(notebook)
-        if self.km is None or self.mode == "fresh" or flavour != self.flavour:
-            self.start(flavour)
+        if self._needs_new(flavour):
+            if self.spare is not None and self.spare[0] == flavour:
+                self._stop(self.km)
+                self.flavour, self.km, warming = self.spare
+                self.spare = None
+                warming.result()
+            else:
+                self.start(flavour)
         run_in_kernel(self.km, FRESH_NAMESPACE.format(name=notebook.stem))
         return self.km
 
     def costs(self) -> dict:
         return run_in_kernel(self.km, COSTS)
 
+    @staticmethod
+    def _stop(km) -> None:
+        if km is not None and km.has_kernel:
+            km.shutdown_kernel(now=True)
+
     def shutdown(self) -> None:
-        if self.warming is not None:
-            self.warming.thread.join()  # its error, if any, no longer matters
-            self.warming = None
-        if self.km is not None and self.km.has_kernel:
-            self.km.shutdown_kernel(now=True)
-        self.km = None
+        for warming in (self.warming, self.spare[2] if self.spare else None):
+            if warming is not None:
+                warming.thread.join()  # its error, if any, no longer matters
+        self._stop(self.km)
+        self._stop(self.spare[1] if self.spare else None)
+        self.km, self.warming, self.spare = None, None, None
 
 
 class Background:

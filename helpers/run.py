@@ -112,12 +112,16 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
     logging.getLogger("papermill").setLevel(logging.ERROR)
     prepare_environment(run_dir)
     kernels = kernels or Kernels("shared", uses_unsloth(values), NOTEBOOK_DIR)
+    # kept per notebook as each finishes, beside those of earlier calls (a run resumed with --only)
+    earlier = rundir.read_json(run_dir / "metrics.json", default={}).get("notebook_costs", {})
     costs = {}
     watcher = ProgressWatcher(run_dir, log)
     try:
         for i, nb in enumerate(chosen, start=1):
             os.environ["WORKBOOK_NOTEBOOK"] = nb.stem
             km = kernels.for_notebook(nb)
+            if i < len(chosen):
+                kernels.prepare(chosen[i])  # the next notebook's kernel, if it needs another, starts now
             head = f"[{i}/{len(chosen)}] {nb.stem} ..."
             log(head, flush=True)
             out = run_dir / nb.name
@@ -135,12 +139,12 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
             watcher.stop()
             cost = {"wall_s": time.perf_counter() - start, **kernels.costs(), **watcher.gpu_peak()}
             costs[nb.stem] = cost
+            rundir.update_metrics(run_dir, notebook_costs=dict(sorted({**earlier, **costs}.items())))
             log(f"{head} ok ({cost['wall_s']:.0f} s{_gpu_text(cost)})", flush=True)
             show_data_report(run_dir, nb, started_at, log)
     finally:
         watcher.stop()
         kernels.shutdown()
-    rundir.update_metrics(run_dir, notebook_costs=costs)
     return costs
 
 

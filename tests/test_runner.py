@@ -157,6 +157,60 @@ def test_only_reruns_one_step_with_an_override(smoke_run):
 
 
 @pytest.mark.slow
+def test_a_run_that_failed_in_07_resumes_there(smoke_run):
+    """07 and 08 again on a run folder whose export is gone (as after a failure there): no step before
+    them re-runs, the merged folder and the GGUF file are back, and metrics.json keeps what every
+    notebook cost, the earlier ones included."""
+    import shutil
+
+    run_dir, _ = smoke_run
+    before = json.loads((run_dir / "metrics.json").read_text())["notebook_costs"]
+    shutil.rmtree(run_dir / "merged")
+    (run_dir / "model.gguf").unlink()
+    result = runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "07", "--only", "08")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[1/2] 07_export ... ok" in result.stdout and "[2/2] 08_chat ... ok" in result.stdout
+    assert (run_dir / "merged" / "config.json").exists() and (run_dir / "model.gguf").exists()
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert list(after["notebook_costs"]) == list(before)
+    assert after["notebook_costs"]["05_train_and_save"] == before["05_train_and_save"]
+    assert after["notebook_costs"]["07_export"] != before["07_export"] and after["merged_check"]["ok"]
+
+
+def test_the_next_notebooks_kernel_starts_while_the_current_one_runs(monkeypatch):
+    """Where the next notebook needs another kernel (07's plain one after an unsloth one, and back; a
+    fresh one for every notebook in --kernel fresh), it is started ahead and handed over; where the
+    shared kernel serves, none is started."""
+    from helpers import kernels as K
+
+    monkeypatch.setitem(K.WARM, "unsloth", "import os\n")  # no unsloth on a CPU: the flavour alone
+    nb = {n[:2]: REPO / "notebooks" / n for n in ("06_evaluate.ipynb", "07_export.ipynb", "08_chat.ipynb")}
+    k = K.Kernels("shared", True, REPO / "notebooks")
+    try:
+        first = k.for_notebook(nb["06"])
+        k.prepare(nb["07"])
+        assert k.spare is not None and k.spare[0] == "plain"
+        spare = k.spare[1]
+        assert k.for_notebook(nb["07"]) is spare and not first.is_alive() and k.spare is None
+        k.prepare(nb["08"])
+        assert k.spare[0] == "unsloth"
+        third = k.for_notebook(nb["08"])
+        assert third.is_alive() and not spare.is_alive()
+        k.prepare(nb["08"])  # the same flavour again: the shared kernel serves
+        assert k.spare is None and k.for_notebook(nb["08"]) is third
+    finally:
+        k.shutdown()
+    assert not third.is_alive()
+    fresh = K.Kernels("fresh", False, REPO / "notebooks")
+    try:
+        first = fresh.for_notebook(nb["06"])
+        fresh.prepare(nb["07"])
+        assert fresh.for_notebook(nb["07"]) is not first and not first.is_alive()
+    finally:
+        fresh.shutdown()
+
+
+@pytest.mark.slow
 def test_fresh_kernels_run_the_same_steps(tmp_path):
     """--kernel fresh (a kernel per notebook, as in JupyterLab) gives what the shared kernel gives."""
     from helpers import data

@@ -10,41 +10,64 @@ from pathlib import Path
 
 from helpers.rundir import REPO_ROOT
 
-SPECIALS = ("<|im_start|>", "<|im_end|>", "<|pad|>")  # bos, eos, pad: unsloth wants pad != eos
+# bos, eos, pad of the tokenizers made here (unsloth wants pad != eos): a ChatML-style one, and one laid
+# out like Llama 3.1's (its special tokens, its split regex, a BOS added to every text)
+SPECIALS = {"chatml": ("<|im_start|>", "<|im_end|>", "<|pad|>"),
+            "llama3": ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>")}
+LLAMA3_EXTRA = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 # Llama 3.1 8B's shape (the post's model), for the benchmarks that need a checkpoint of its size
 LLAMA31_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                   num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
                   tie_word_embeddings=False)
 
 
-def train_tokenizer(folder: Path, vocab_size: int = 600):
-    """A byte-level BPE tokenizer trained in a second on the bundled data, saved into `folder`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(folder: Path, vocab_size: int = 600, style: str = "chatml"):
+    """A byte-level BPE tokenizer trained in a second on the bundled data, saved into `folder`. `style`:
+    "chatml" (GPT-2's byte-level split, <|im_start|>/<|im_end|>) or "llama3" (Llama 3's split regex and
+    special tokens, BOS added to every text as Llama 3.1's tokenizer does)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = [json.loads(line)["text"] for line in (REPO_ROOT / "data" / "pip_chip2.jsonl").read_text().splitlines()]
+    bos, eos, pad = SPECIALS[style]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if style == "llama3":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        specials = [bos, eos, pad, *LLAMA3_EXTRA]
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        specials = [bos, eos, pad]
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    bos, eos, pad = SPECIALS
+    if style == "llama3":
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
     fast.save_pretrained(folder)
     return fast
 
 
-def random_llama(folder: Path, device: str = "cpu", dtype=None, vocab_size: int | None = None, **shape) -> Path:
-    """A Llama with random weights of the given shape and a trained tokenizer, saved like any hub model
-    (written under a temporary name, then renamed). `vocab_size` defaults to the tokenizer's."""
+def random_llama(folder: Path, device: str = "cpu", dtype=None, vocab_size: int | None = None, seed: int = 0,
+                 tokenizer: str = "chatml", **shape) -> Path:
+    """A Llama with random weights (from `seed`) of the given shape and a trained tokenizer (`tokenizer`:
+    its style, see train_tokenizer), saved like any hub model (written under a temporary name, then
+    renamed). `vocab_size` defaults to the tokenizer's."""
+    import shutil
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tmp = folder.with_name(folder.name + ".partial")
-    tokenizer = train_tokenizer(tmp)
-    config = LlamaConfig(vocab_size=vocab_size or len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)
-    torch.manual_seed(0)
+    shutil.rmtree(tmp, ignore_errors=True)
+    fast = train_tokenizer(tmp, style=tokenizer)
+    config = LlamaConfig(vocab_size=vocab_size or len(fast), bos_token_id=fast.bos_token_id,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, **shape)
+    torch.manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(config)
     if dtype is not None:
@@ -113,11 +136,12 @@ def oig_file(path: Path, rows: int = OIG_ROWS, seed: int = 0) -> Path:
 
 # --- a checkpoint stored pre-quantized, like the hub's `-bnb-4bit` repos --------------------------------
 
-def prequantized_llama(folder: Path, scratch: Path, **shape) -> Path:
+def prequantized_llama(folder: Path, scratch: Path, seed: int = 0, tokenizer: str = "chatml", **shape) -> Path:
     """A random Llama saved *pre-quantized*: bitsandbytes nf4 weights with double quantization and a
     `quantization_config` in config.json, no 16-bit copy of the linear weights (the layout of
-    `unsloth/Meta-Llama-3.1-8B-bnb-4bit`). Made by saving random bf16 weights to `scratch`, loading them
-    back in 4-bit and saving that. Needs an NVIDIA GPU."""
+    `unsloth/Meta-Llama-3.1-8B-bnb-4bit`). Made by saving random bf16 weights (from `seed`, with a
+    `tokenizer`-style tokenizer) to `scratch`, loading them back in 4-bit and saving that. Needs an
+    NVIDIA GPU. An existing `folder` is kept as it is."""
     import shutil
 
     import torch
@@ -125,12 +149,14 @@ def prequantized_llama(folder: Path, scratch: Path, **shape) -> Path:
 
     if (folder / "config.json").exists():
         return folder
-    bf16 = random_llama(scratch, device="cuda", dtype=torch.bfloat16, **shape)
+    shutil.rmtree(scratch, ignore_errors=True)
+    bf16 = random_llama(scratch, device="cuda", dtype=torch.bfloat16, seed=seed, tokenizer=tokenizer, **shape)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(bf16, quantization_config=quant, dtype=torch.bfloat16,
                                                  device_map={"": 0})
     tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(bf16).save_pretrained(tmp)
     del model

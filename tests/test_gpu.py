@@ -107,28 +107,92 @@ def test_responses_only_labels_reach_the_unsloth_trainer(tiny_params, jsonl):
     assert stats["train_steps"] == params["max_steps"] and torch.isfinite(torch.tensor(stats["train_loss"]))
 
 
-def test_export_from_a_checkpoint_stored_in_4bit(tmp_path, tiny_prequantized_dir):
+# The post's 8B model on a 16 GB card, scaled down: a checkpoint stored in 4-bit whose 16-bit merge is
+# larger than the GPU memory the run may use, while the 4-bit model trains well inside it. A cell that
+# puts the merged model on the GPU fails here as it fails at the 8B shape under 15 GiB.
+SMALL_4BIT = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=16,
+                  num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+def _bf16_gib(shape: dict, vocab: int = 600) -> float:
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = shape["num_key_value_heads"] * h // shape["num_attention_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i
+    return (layers * per_layer + 2 * vocab * h) * 2 / 2**30
+
+
+@pytest.fixture(scope="module")
+def capped_run(tmp_path_factory):
+    """03, 05, 07 and 08 of the smoke config on SMALL_4BIT, every process capped at 80% of the merged
+    model's size (WORKBOOK_GPU_MEMORY_GIB)."""
+    import os
+
+    from helpers.synthetic import prequantized_llama
+
+    folder = tmp_path_factory.mktemp("small-bnb")
+    model = prequantized_llama(folder / "small-llama-bnb-4bit", folder / "scratch", **SMALL_4BIT)
+    cap = round(0.8 * _bf16_gib(SMALL_4BIT), 2)
+    run_dir = folder / "run"
+    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(run_dir),
+                             "-p", "model_name", str(model), "--only", "03", "--only", "05", "--only", "07",
+                             "--only", "08"], cwd=REPO, capture_output=True, text=True, timeout=1200,
+                            env={**os.environ, "WORKBOOK_GPU_MEMORY_GIB": str(cap)})
+    return model, run_dir, cap, result
+
+
+def test_07_and_08_stay_under_a_cap_smaller_than_the_merged_model(capped_run):
     """The post's model is stored pre-quantized (no 16-bit weights). Train on such a checkpoint, then 07:
     its layers are dequantized and merged into a plain 16-bit checkpoint that transformers loads without
-    peft and that computes what the adapter model computes."""
-    config = json.loads((tiny_prequantized_dir / "config.json").read_text())
-    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    peft and that computes what the adapter model computes; the merged model is larger than the cap, so
+    the reload check and the plain-transformers cell load it partly or wholly off the GPU, and 08 chats
+    with the 4-bit base and the adapter. No notebook's allocator goes past the cap."""
     from safetensors import safe_open
 
-    with safe_open(str(tiny_prequantized_dir / "model.safetensors"), "pt") as f:
+    model, run_dir, cap, result = capped_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = json.loads((model / "config.json").read_text())
+    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
         stored = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
     assert str(stored.dtype) == "torch.uint8"  # packed nf4, two weights a byte: no 16-bit copy
-    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
-                             "-p", "model_name", str(tiny_prequantized_dir), "--only", "03", "--only", "05",
-                             "--only", "07"], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    stored_gib = sum(p.stat().st_size for p in model.glob("*.safetensors")) / 2**30
+    merged_gib = sum(p.stat().st_size for p in (run_dir / "merged").glob("*.safetensors")) / 2**30
+    assert stored_gib < 0.5 * cap < cap < merged_gib, (stored_gib, cap, merged_gib)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     check = metrics["merged_check"]
     assert check["ok"] and check["export_dtype"] in ("bfloat16", "float16"), check
-    merged = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert check["placement"] in ("gpu+cpu", "cpu"), check  # it does not fit the GPU whole
+    merged = json.loads((run_dir / "merged" / "config.json").read_text())
     assert "quantization_config" not in merged
-    with safe_open(str(tmp_path / "merged" / "model.safetensors"), "pt") as f:
+    with safe_open(str(next((run_dir / "merged").glob("*.safetensors"))), "pt") as f:
         q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
-    assert tuple(q.shape) == (128, 128) and q.dtype.is_floating_point  # 16-bit weights, not packed nf4
-    notebook = (tmp_path / "07_export.ipynb").read_text()
+    assert tuple(q.shape) == (2048, 2048) and q.dtype.is_floating_point  # 16-bit weights, not packed nf4
+    costs = metrics["notebook_costs"]
+    assert set(costs) == {"03_dataset", "05_train_and_save", "07_export", "08_chat"}
+    assert all(c.get("peak_gpu_gib", 0) <= cap for c in costs.values()), costs
+    notebook = (run_dir / "07_export.ipynb").read_text()
     assert "is stored in 4-bit (nf4)" in notebook and "merged_16bit would download" in notebook
+    assert "do not fit the GPU" in notebook  # the plain-transformers cell says how it loaded, and why
+    chat = (run_dir / "08_chat.ipynb").read_text()
+    assert "with the adapter of step 5" in chat and "Not the merged model of step 7" not in chat  # unsloth
+
+
+def test_the_merge_check_refuses_wrong_merges_of_a_4bit_base(tmp_path, tiny_prequantized_dir):
+    """On a checkpoint stored in 4-bit, merged in 16-bit: the update scaled by 2x, or one layer's update
+    left out, fails the check (tests/merges.py, in a process without unsloth, as 07 runs); the right
+    merge passes, and the adapter moved the logits by far more than the tolerance."""
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
+                             "-p", "model_name", str(tiny_prequantized_dir), "-p", "learning_rate", "0.01",
+                             "-p", "max_steps", "8", "--only", "03", "--only", "05"],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "merges.py"), str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = json.loads(out.stdout.split("WRONG_MERGES ", 1)[1])
+    assert checks["right"]["ok"] and checks["right"]["export_dtype"] in ("bfloat16", "float16"), checks
+    assert checks["adapter_effect"] > 4 * checks["right"]["tolerance"], checks
+    assert not checks["scale"]["ok"] and not checks["layer"]["ok"], checks

@@ -77,8 +77,9 @@ def merge_and_save(params: dict) -> Merged:
     dtype = export_dtype(params)
     source = params["merge_base"] or params["model_name"]
     started = time.perf_counter()
+    on_cpu = merges_on_cpu(models.resolve_source(source))
     model, tokenizer, info = models.load({**params, "model_name": source, "run_dir": None, "backend": "hf",
-                                          "load_in_4bit": False, "dtype": dtype})
+                                          "load_in_4bit": False, "dtype": dtype}, cpu=on_cpu)
     model = PeftModel.from_pretrained(model, str(adapter_dir(params["run_dir"])))
     model.eval()
     probe = tokenizer(PROBE, return_tensors="pt").to(model.device)
@@ -91,6 +92,8 @@ def merge_and_save(params: dict) -> Merged:
                 f"16-bit weights to merge into those instead)")
     else:
         base = f"{source}, loaded unquantized in {dtype}, the update added"
+        if on_cpu:
+            base += " in CPU memory (its weights do not fit the GPU whole)"
     final = Path(params["run_dir"]) / "merged"
     loaded = time.perf_counter()
     with rundir.building(final) as tmp:
@@ -102,6 +105,17 @@ def merge_and_save(params: dict) -> Merged:
         torch.cuda.empty_cache()  # the reload check runs in another process, on the same card
     seconds = {"load and probe": loaded - started, "merge and write": time.perf_counter() - loaded}
     return Merged(final, dtype, adapter_logits, merged_logits, base, seconds)
+
+
+def merges_on_cpu(source: str) -> bool:
+    """Whether the merge's base must stay in CPU memory: a base stored in 16 (or 32) bits that does not
+    fit the GPU whole (`merge_base` naming the original 8B weights, 15 GiB, on a 16 GB card). One stored
+    in 4-bit stays on the GPU (5.5 GiB at the 8B shape), and is dequantized a layer at a time."""
+    import torch
+
+    if not torch.cuda.is_available() or models.is_prequantized(source) or not Path(source).is_dir():
+        return False
+    return placement(Path(source)).where != "gpu"
 
 
 def merged_weight(module, adapter: str, dtype):
@@ -346,8 +360,9 @@ def gguf(merged_dir: Path, run_dir, outtype: str = "q8_0", writer: str = "gguf")
         written = gguf_export.write(merged_dir, target, outtype, name=Path(run_dir).name)
     except gguf_export.UnsupportedModel as e:
         return None, f"GGUF export skipped: {e}"
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in written.parts.items())
     return written, (f"GGUF written by the gguf package: model.gguf ({written.size_mb:.1f} MB, {outtype}, "
-                    f"{written.tensors} tensors, {written.seconds:.1f} s)")
+                    f"{written.tensors} tensors, {written.seconds:.1f} s; {parts}, side by side)")
 
 
 def _gguf_with_llama_cpp(merged_dir: Path, target: Path, outtype: str):

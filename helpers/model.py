@@ -305,9 +305,10 @@ def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
                          asked=params["model_name"], started=started)
 
 
-def load(params: dict):
+def load(params: dict, cpu: bool = False):
     """Load model and tokenizer as `params` asks, on the backend that fits this machine: the call that
-    notebook 01 spells out, for the notebooks that rebuild the model from the run folder.
+    notebook 01 spells out, for the notebooks that rebuild the model from the run folder. `cpu`: keep a
+    model that is not in 4-bit in CPU memory (07 merges a 16-bit base too large for the card there).
 
     Returns (model, tokenizer, LoadInfo); LoadInfo.differences lists what this machine does
     differently from what was asked, and why.
@@ -325,17 +326,17 @@ def load(params: dict):
         model = AutoModelForCausalLM.from_pretrained(
             a.model_name, dtype=a.dtype, attn_implementation=a.attn_implementation, **a.extra)
         tokenizer = AutoTokenizer.from_pretrained(a.model_name, trust_remote_code=a.extra["trust_remote_code"])
-    return loaded(model, tokenizer, a, params)
+    return loaded(model, tokenizer, a, params, cpu)
 
 
-def loaded(model, tokenizer, a: LoadArguments, params: dict):
-    """After the load call: the model on its GPU, the tokenizer ready for batches and chat rows, and
-    the run's record of what really loaded. Returns (model, tokenizer, LoadInfo)."""
+def loaded(model, tokenizer, a: LoadArguments, params: dict, cpu: bool = False):
+    """After the load call: the model on its GPU (unless `cpu`), the tokenizer ready for batches and chat
+    rows, and the run's record of what really loaded. Returns (model, tokenizer, LoadInfo)."""
     import time
 
     import torch
 
-    gpu = torch.cuda.is_available()
+    gpu = torch.cuda.is_available() and not (cpu and not a.load_in_4bit)
     if gpu and a.backend == "hf" and not a.load_in_4bit:
         model = model.to(f"cuda:{local_device()}")
     prepare_tokenizer(tokenizer)

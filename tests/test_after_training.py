@@ -169,6 +169,24 @@ def test_a_wrong_merge_is_refused(trained, tmp_path, dtype):
     assert not result["scale"]["ok"] and not result["layer"]["ok"], result
 
 
+def test_a_16_bit_base_too_large_for_the_card_is_merged_in_cpu_memory(trained, monkeypatch):
+    """merge_base naming 16-bit weights that do not fit the GPU whole (the original 8B weights on a
+    16 GB card): the merge keeps them in CPU memory; where they fit, or where the base is stored in
+    4-bit (small, dequantized a layer at a time), it runs on the GPU; without a GPU the question is moot."""
+    import torch
+
+    from helpers.memory import Placement
+
+    source = models.resolve_source(trained["model_name"])
+    assert not export.merges_on_cpu(source)  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for where, expected in (("gpu+cpu", True), ("cpu", True), ("gpu", False)):
+        monkeypatch.setattr(export, "placement", lambda folder, where=where: Placement(where, {}, ""))
+        assert export.merges_on_cpu(source) is expected, where
+    monkeypatch.setattr(models, "is_prequantized", lambda folder: True)
+    assert not export.merges_on_cpu(source)
+
+
 def test_llama_cpp_writer_is_skipped_with_advice_where_it_is_missing(monkeypatch, tmp_path):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))

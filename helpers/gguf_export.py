@@ -35,6 +35,7 @@ class Written:
     seconds: float
     tensors: int | None
     facts: dict = field(default_factory=dict)  # what went into the file, as 07 shows it
+    parts: dict = field(default_factory=dict)  # seconds spent reading + converting, and writing
 
     @property
     def size_mb(self) -> float:
@@ -260,16 +261,21 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
         writer.add_tensor_info(gguf_name, shape, np.float32, math.prod(shape) // block * size, raw_dtype=qtype)
         plan.append((gguf_name, hf_name, qtype))
 
+    parts = {"reading and converting": 0.0, "writing": 0.0}  # the first in a thread beside the second
+
     def convert(hf_name, qtype):
         from safetensors import safe_open
 
+        began = time.perf_counter()
         with safe_open(shapes[hf_name][0], "pt") as f:
             tensor = f.get_tensor(hf_name).float()
         if hf_name.endswith("q_proj.weight"):
             tensor = permute_for_rope(tensor, heads)
         elif hf_name.endswith("k_proj.weight"):
             tensor = permute_for_rope(tensor, kv_heads)
-        return quantized(tensor.contiguous().numpy(), qtype, cores)
+        array = quantized(tensor.contiguous().numpy(), qtype, cores)
+        parts["reading and converting"] += time.perf_counter() - began
+        return array
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -290,7 +296,9 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
                 array = upcoming.result()
                 if i + 1 < len(weights):
                     upcoming = ahead.submit(convert, *weights[i + 1])
+                began = time.perf_counter()
                 writer.write_tensor_data(array)
+                parts["writing"] += time.perf_counter() - began
                 kinds[qtype.name] = kinds.get(qtype.name, 0) + 1
     except BaseException:
         writer.close()
@@ -308,7 +316,7 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
              "BOS / EOS / PAD ids": ids, "chat template": "stored" if template else "none",
              "tensors": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
              + (" + rope_freqs" if scaling["kind"] == "llama3" else "")}
-    return Written(target, outtype, time.perf_counter() - start, count, facts)
+    return Written(target, outtype, time.perf_counter() - start, count, facts, parts)
 
 
 READ_BACK = """

@@ -41,8 +41,12 @@ if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
 print("WORKBOOK_RESULT " + _json.dumps(_c))
 """
 # Right after a kernel starts: the libraries every notebook of the run needs (unsloth first, where used).
-WARM = {"unsloth": "import unsloth\n", "plain": ""}
-WARM_COMMON = "import torch, transformers, pandas, matplotlib.pyplot\nimport helpers.model, helpers.params\n"
+# A plain kernel on a GPU machine loads 07's base in 4-bit through bitsandbytes (unsloth imports it itself),
+# and its CUDA context costs a second or two: both are done while the notebook before it runs.
+WARM = {"unsloth": "import unsloth\n",
+        "plain": "import importlib.util, torch\nif torch.cuda.is_available():\n    torch.cuda.init()\n"
+                 "    if importlib.util.find_spec('bitsandbytes'):\n        import bitsandbytes\n"}
+WARM_COMMON = "import torch, transformers, peft, pandas, matplotlib.pyplot\nimport helpers.model, helpers.params\n"
 
 
 def wants_unpatched(notebook: Path) -> bool:

@@ -1,6 +1,8 @@
 """Re-execute the committed notebooks in place, in order, with their own default parameters.
 
     make notebooks        (WORKBOOK_RUN_DIR keeps the run folder out of runs/lab)
+    WORKBOOK_RUN_DIR=runs/notebooks python -m helpers.refresh_outputs 07 08   (only these, on the
+                          run folder that an earlier refresh left)
 
 The stored outputs are what nbval compares (`# NBVAL_CHECK_OUTPUT` cells) and what readers see on
 GitHub before running anything, so they must come from the default config.
@@ -10,14 +12,14 @@ from __future__ import annotations
 import sys
 import time
 
-from helpers.run import NOTEBOOK_DIR, notebooks
+from helpers.run import NOTEBOOK_DIR, select
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import nbformat
     from nbclient import NotebookClient
 
-    for path in notebooks():
+    for path in select(sys.argv[1:] if argv is None else argv):
         start = time.perf_counter()
         print(f"{path.name} ...", end=" ", flush=True)
         nb = nbformat.read(path, as_version=4)

@@ -23,12 +23,13 @@ from helpers.evaluate import adapter_dir
 from helpers.memory import Placement, placement
 
 PROBE = "<human>: What is the capital of Norway?\n<bot>: Pip here!"
-# float32: the merge is exact up to summation order. 16-bit: every merged weight, and every product the
-# reloaded model computes, is rounded to 8 (bf16) or 11 (fp16) significant bits; over 30 layers that
-# moved the largest logit difference to 2.3% of the logits' scale (SmolLM2 in bf16, on a CPU and, with
-# random weights of its shape, on an H200), 1.8% at the 8B shape. So 16-bit allows 5%. A wrong merge
-# (the update scaled wrong, a layer's update left out) moves the logits by a share of what training
-# moved them (tests/test_after_training.py, tests/test_gpu.py).
+# The folder read back is compared with the logits its weights gave in the merge's own process. float32:
+# equal up to summation order. 16-bit: equal on the same device (0 at the 8B shape on an H200); read back
+# on another (the CPU after a GPU merge) every product rounds to 8 (bf16) or 11 (fp16) significant bits in
+# another order. 5% of the largest logit leaves room for that: the whole distance of a bf16 merge from the
+# adapter model was 2.3% of the scale for SmolLM2 and 1.8% at the 8B shape after the post's 120 steps. A
+# wrong merge (the update scaled wrong, a layer's update left out) moves the logits by a share of what
+# training moved them (tests/test_after_training.py, tests/test_gpu.py).
 ABSOLUTE_TOLERANCE_FP32 = 1e-3
 RELATIVE_TOLERANCE_16BIT = 5e-2
 

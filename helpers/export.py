@@ -56,11 +56,16 @@ class Merged:
     seconds: dict           # load (base + adapter + probe) and write, as 07 prints them
 
     def timing(self) -> str:
-        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        return seconds_text(self.seconds)
 
     def check(self, reloaded: dict) -> dict:
         """`check` of the folder as `reload_without_peft` read it back."""
         return check(self.adapter_logits, self.merged_logits, reloaded, self.dtype)
+
+
+def seconds_text(parts: dict) -> str:
+    """{"load": 6.5, "write": 11.4} as "load 6.5 s, write 11.4 s", the way 07 prints where time went."""
+    return ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
 
 
 def merge_and_save(params: dict) -> Merged:
@@ -361,9 +366,9 @@ def gguf(merged_dir: Path, run_dir, outtype: str = "q8_0", writer: str = "gguf")
         written = gguf_export.write(merged_dir, target, outtype, name=Path(run_dir).name)
     except gguf_export.UnsupportedModel as e:
         return None, f"GGUF export skipped: {e}"
-    parts = ", ".join(f"{k} {v:.1f} s" for k, v in written.parts.items())
     return written, (f"GGUF written by the gguf package: model.gguf ({written.size_mb:.1f} MB, {outtype}, "
-                    f"{written.tensors} tensors, {written.seconds:.1f} s; {parts}, side by side)")
+                    f"{written.tensors} tensors, {written.seconds:.1f} s; {seconds_text(written.parts)}, "
+                    f"side by side)")
 
 
 def _gguf_with_llama_cpp(merged_dir: Path, target: Path, outtype: str):

@@ -161,23 +161,57 @@ def test_a_write_that_fails_leaves_no_file(tiny_model_dir, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "F16", "BF16", "F32"])
-def test_the_threaded_quantizer_writes_what_gguf_writes(qtype):
-    """Blocks of rows quantized on several threads: byte for byte gguf's own output for the whole
-    tensor, on rows that do not divide into the jobs evenly, with zero blocks, tiny and large values and
-    exact halves (where rounding half away from zero and half to even part)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import gguf
+def awkward_values(rows=301, width=4096):
+    """float32 rows with zero blocks, tiny and large values and exact halves (where rounding half away
+    from zero and half to even part): what a quantizer written again must get exactly right."""
     import numpy as np
 
-    q = gguf.GGMLQuantizationType[qtype]
     rng = np.random.default_rng(0)
-    array = (rng.standard_normal((301, 4096)) * rng.choice([1e-6, 1e-2, 1.0, 300.0], size=(301, 1))).astype(np.float32)
+    array = (rng.standard_normal((rows, width)) * rng.choice([1e-6, 1e-2, 1.0, 300.0], size=(rows, 1))).astype(np.float32)
     array[3, :64] = 0
     array[5, :32] = np.arange(-16, 16) + 0.5
     array[5, 0] = 127  # this block's scale is exactly 1: its halves are rounded as they are
-    with ThreadPoolExecutor(3) as pool:
-        mine = gguf_export.quantized(array, q, pool)
-    reference = gguf.quants.quantize(array, q)
-    assert mine.shape == reference.shape and mine.tobytes() == reference.tobytes()
+    return array
+
+
+def same_bytes_as_gguf(qtype: str, device: str = "cpu", chunk: int | None = None, monkeypatch=None):
+    """The writer's quantizers (threaded gguf on the CPU; torch on `device`) against gguf's own bytes,
+    from float32 and from bfloat16 input (what a merged model holds), on rows that do not divide into
+    the threads' blocks or torch's slices evenly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gguf
+    import torch
+
+    q = gguf.GGMLQuantizationType[qtype]
+    array = awkward_values()
+    if chunk is not None:
+        monkeypatch.setattr(gguf_export, "CHUNK_VALUES", chunk)
+    for dtype in (torch.float32, torch.bfloat16):
+        tensor = torch.from_numpy(array).to(dtype)
+        reference = gguf.quants.quantize(tensor.float().numpy(), q)
+        with ThreadPoolExecutor(3) as pool:
+            threaded = gguf_export.quantized(tensor, q, pool)
+        in_torch = gguf_export.quantized_in_torch(tensor.to(device), q)
+        for mine in (threaded, in_torch):
+            assert mine.shape == reference.shape and mine.tobytes() == reference.tobytes(), (qtype, dtype, device)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "F16", "BF16", "F32"])
+def test_the_quantizers_write_what_gguf_writes(qtype, monkeypatch):
+    same_bytes_as_gguf(qtype, chunk=7 * 4096, monkeypatch=monkeypatch)
+
+
+def test_the_quantizer_check_sees_a_rounding_that_differs(monkeypatch):
+    """The check above fails on a Q8_0 that rounds halves to even (torch.round) instead of away from zero."""
+    import torch
+
+    def to_even(tensor):
+        blocks = tensor.reshape(-1, 32)
+        d = blocks.abs().amax(1, keepdim=True) / torch.full_like(blocks[:, :1], 127.0)
+        qs = torch.round(blocks * torch.where(d == 0, torch.zeros_like(d), 1 / d))
+        return torch.cat([d.half().view(torch.uint8), qs.to(torch.int8).view(torch.uint8)], 1)
+
+    monkeypatch.setattr(gguf_export, "_q8_0", to_even)
+    with pytest.raises(AssertionError):
+        same_bytes_as_gguf("Q8_0")

@@ -196,3 +196,11 @@ def test_the_merge_check_refuses_wrong_merges_of_a_4bit_base(tmp_path, tiny_preq
     assert checks["right"]["ok"] and checks["right"]["export_dtype"] in ("bfloat16", "float16"), checks
     assert checks["adapter_effect"] > 4 * checks["right"]["tolerance"], checks
     assert not checks["scale"]["ok"] and not checks["layer"]["ok"], checks
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "F16", "BF16", "F32"])
+def test_the_gguf_quantizer_on_the_gpu_writes_what_gguf_writes(qtype, monkeypatch):
+    """07 quantizes the GGUF's tensors on the GPU when it has room: the bytes must be gguf's own."""
+    from test_gguf_export import same_bytes_as_gguf  # tests/ is on the path, as pytest puts it
+
+    same_bytes_as_gguf(qtype, device="cuda", chunk=7 * 4096, monkeypatch=monkeypatch)

@@ -20,7 +20,7 @@ from pathlib import Path
 from helpers import rundir
 from helpers import model as models
 from helpers.evaluate import adapter_dir
-from helpers.memory import Placement, placement
+from helpers.memory import placement
 
 PROBE = "<human>: What is the capital of Norway?\n<bot>: Pip here!"
 # The folder read back is compared with the logits its weights gave in the merge's own process. float32:
@@ -241,33 +241,33 @@ def _write_merged(peft_model, dtype, folder: Path) -> None:
 _RELOAD = """
 import json, os, sys
 sys.modules["peft"] = None  # any attempt to import peft now raises ImportError
+repo, folder, probe = sys.argv[1:4]
+sys.path.insert(0, repo)
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, probe, arguments = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+from helpers.memory import placement
 cap = os.environ.get("WORKBOOK_GPU_MEMORY_GIB")
 if cap and torch.cuda.is_available():
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total))
-if "max_memory" in arguments:  # JSON keys are strings; accelerate wants GPU indices as ints
-    arguments["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in arguments["max_memory"].items()}
-model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True, **arguments)
+place = placement(folder)  # decided here, where this process's own CUDA context already counts
+model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto", use_safetensors=True, **place.arguments)
 tok = AutoTokenizer.from_pretrained(folder)
 with torch.no_grad():
     logits = model(**tok(probe, return_tensors="pt").to(model.device)).logits.float().cpu()
-print(json.dumps({"dtype": str(model.dtype), "logits": logits.tolist()}))
+print(json.dumps({"dtype": str(model.dtype), "logits": logits.tolist(), "placement": place.where}))
 """
 
 
-def reload_without_peft(folder: Path, place: Placement | None = None) -> dict:
-    """Load `folder` with plain transformers (peft blocked) in another process, placed as `place` says
-    (default: `memory.placement`, on the GPU where the adapter model ran when the weights fit), and
-    return its dtype, its probe logits and where it ran."""
-    place = place or placement(folder)
-    out = subprocess.run([sys.executable, "-c", _RELOAD, str(folder), PROBE, json.dumps(place.arguments)],
-                         capture_output=True, text=True, timeout=900)
+def reload_without_peft(folder: Path) -> dict:
+    """Load `folder` with plain transformers (peft blocked) in another process, placed by
+    `memory.placement` in that process (on the GPU where the adapter model ran, when the weights fit
+    beside everything on the card), and return its dtype, its probe logits and where it ran."""
+    out = subprocess.run([sys.executable, "-c", _RELOAD, str(Path(__file__).resolve().parent.parent), str(folder),
+                          PROBE], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"Plain transformers could not load {folder}:\n{out.stderr[-2000:]}")
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "placement": place.where}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def check(adapter_logits, merged_logits, reloaded: dict, dtype: str) -> dict:

@@ -81,9 +81,11 @@ def free_gpu_bytes() -> int:
 
 
 def card_budget_bytes() -> int:
-    """What a new process may still put on the card: its free memory, or, under a cap, the cap less what
+    """What this process may still put on the card: its free memory, or, under a cap, the cap less what
     every process on the card uses now (CUDA contexts and other kernels included, as nvidia-smi counts
-    them), so that the whole card stays under the cap, not only this process's allocator."""
+    them), so that the whole card stays under the cap, not only this process's allocator. Asking makes
+    this process's own CUDA context first, so it counts too: a process that will load weights decides
+    where they go itself (07's reload check does), rather than being told by another."""
     import torch
 
     free, total = torch.cuda.mem_get_info()
@@ -92,7 +94,6 @@ def card_budget_bytes() -> int:
 
 
 GIB = 2**30
-CONTEXT_BYTES = GIB // 2  # a new process's CUDA context, which no allocator cap counts but the card does
 ROOM = 0.05               # activations of a short prompt, as a share of the weights (at least ROOM_MIN)
 ROOM_MIN = GIB // 4
 
@@ -124,7 +125,7 @@ def placement(folder: Path) -> Placement:
     size = weights_bytes(folder)
     if not torch.cuda.is_available():
         return Placement("cpu", {}, f"No GPU: the {size / GIB:.1f} GiB of weights load on the CPU.")
-    budget = card_budget_bytes() - CONTEXT_BYTES
+    budget = card_budget_bytes()  # asking makes this process's CUDA context (700 MiB on an H200): it counts
     room = max(ROOM_MIN, int(ROOM * size))
     left = f"{budget / GIB:.1f} GiB left on the card" + (" under the cap" if gpu_cap_bytes() else "")
     if size + room <= budget:

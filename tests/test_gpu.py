@@ -177,6 +177,44 @@ def test_07_and_08_stay_under_a_cap_smaller_than_the_merged_model(capped_run):
     assert "with the adapter of step 5" in chat and "Not the merged model of step 7" not in chat  # unsloth
 
 
+def _card_used_gib() -> float:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[0]) / 1024
+
+
+def test_the_reload_check_keeps_the_whole_card_under_the_cap(capped_run, monkeypatch):
+    """The reload check's process decides its placement itself, once its own CUDA context exists (700
+    MiB on an H200, more than the 512 MiB once assumed for it: the 8B run went to 15.08 GiB under a cap
+    of 15). Under a cap of what the card holds now + 0.75 GiB + 60% of the merged weights, it must split
+    the weights between GPU and CPU and keep the whole card (nvidia-smi, every process) under the cap."""
+    import threading
+
+    from helpers import export
+
+    _, run_dir, _, result = capped_run
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = run_dir / "merged"
+    merged_gib = sum(p.stat().st_size for p in merged.glob("*.safetensors")) / 2**30
+    cap = round(_card_used_gib() + 0.75 + 0.6 * merged_gib, 2)
+    monkeypatch.setenv("WORKBOOK_GPU_MEMORY_GIB", str(cap))
+    peak, done = [0.0], threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _card_used_gib())
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        reloaded = export.reload_without_peft(merged)
+    finally:
+        done.set()
+        watcher.join()
+    assert reloaded["placement"] == "gpu+cpu", reloaded["placement"]
+    assert 0 < peak[0] <= cap, (peak[0], cap)
+
+
 def test_the_merge_check_refuses_wrong_merges_of_a_4bit_base(tmp_path, tiny_prequantized_dir):
     """On a checkpoint stored in 4-bit, merged in 16-bit: the update scaled by 2x, or one layer's update
     left out, fails the check (tests/merges.py, in a process without unsloth, as 07 runs); the right

@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-bundled.txt requirements-gpu.txt pyproje
 
 # make run CONFIG=configs/smoke.yaml ARGS="-p max_steps 10 --only 05"
 run: setup
-	$(BIN)/python -m helpers.run $(CONFIG) $(ARGS)
+	$(BIN)/python -m tools.run $(CONFIG) $(ARGS)
 
 # Unit tests, the runner on the smoke config, then nbval re-executes the committed notebooks.
 test: setup
@@ -35,9 +35,9 @@ test-unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests -m "not slow"
 
 # JupyterLab on notebooks/ (as root too); prints the address to open.
-# make lab LAB_ARGS="--port 8890 --threads 2"   (python -m helpers.lab --help lists the options)
+# make lab LAB_ARGS="--port 8890 --threads 2"   (python -m tools.lab --help lists the options)
 lab: setup
-	$(BIN)/python -m helpers.lab $(LAB_ARGS)
+	$(BIN)/python -m tools.lab $(LAB_ARGS)
 
 # Rewrite data/pip_chip2.jsonl (deterministic: the committed file is what this prints).
 data: setup
@@ -45,7 +45,7 @@ data: setup
 
 # Re-execute the notebooks in place on the default config so their stored outputs are fresh.
 notebooks: setup
-	WORKBOOK_RUN_DIR=$(CURDIR)/runs/notebooks $(BIN)/python -m helpers.refresh_outputs
+	WORKBOOK_RUN_DIR=$(CURDIR)/runs/notebooks $(BIN)/python -m tools.refresh_outputs
 
 clean:
 	rm -rf runs
@@ -60,8 +60,8 @@ bench: setup
 bench-recipe: setup
 	$(BIN)/python bench/recipe.py $(ARGS)
 
-# Steps 3-5 data-parallel on NPROC GPUs, one process each (python -m helpers.train under accelerate):
+# Steps 3-5 data-parallel on NPROC GPUs, one process each (python -m tools.train under accelerate):
 # make train-multi NPROC=2 CONFIG=configs/llama31-8b-oig.yaml ARGS="--run-dir runs/multi"
 train-multi: setup
 	$(BIN)/accelerate launch --num_processes $(NPROC) $(if $(filter-out 1,$(NPROC)),--multi_gpu) \
-		-m helpers.train $(CONFIG) $(ARGS)
+		-m tools.train $(CONFIG) $(ARGS)

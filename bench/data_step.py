@@ -2,7 +2,7 @@
 
     python bench/data_step.py [--rows 210289] [--baseline REV] [--json FILE]
 
-Makes the file once (helpers.synthetic.oig_file, in /tmp), then runs `python -m helpers.run
+Makes the file once (fixtures.synthetic.oig_file, in /tmp), then runs `python -m tools.run
 configs/llama31-8b-oig.yaml --only 03` with the bundled model's tokenizer (the post's model needs the hub)
 and the file, for the post's data handling (`dataset_format: text`, the raw text field) and for the
 chat-template path (`auto`: each `<human>:`/`<bot>:` row rendered with the tokenizer's template).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 def measure(repo: Path, data: Path, fmt: str) -> dict:
     """One run of notebook 03 in a child process: wall time and the peak RSS of its descendants."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-03-"))
-    cmd = [sys.executable, "-m", "helpers.run", "configs/llama31-8b-oig.yaml", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "tools.run", "configs/llama31-8b-oig.yaml", "--run-dir", str(run_dir),
            "--only", "03", "-p", "model_name", "bundled:SmolLM2-135M-Instruct", "-p", "dataset", str(data),
            "-p", "dataset_format", fmt]
     start = time.perf_counter()
@@ -58,7 +58,7 @@ def worktree(rev: str) -> Path:
 
 
 def main() -> None:
-    from helpers import synthetic
+    from fixtures import synthetic
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=synthetic.OIG_ROWS)

@@ -4,7 +4,7 @@ the `gguf` package alone, then read back by transformers in another process and 
     python bench/gguf_export.py [--size 8b|8b-heads|1b|smol] [--outtype q8_0] [--json FILE] [--work DIR]
     python bench/gguf_export.py --merged RUN_DIR/merged [--outtype q8_0]     (a real merged model)
 
-The "merged model" is a random-weight Llama of that shape saved in bf16 (helpers.synthetic: a merge
+The "merged model" is a random-weight Llama of that shape saved in bf16 (fixtures.synthetic: a merge
 writes exactly such a folder), so the figures are the export's cost and fidelity, not a quality;
 `8b-heads` is 4 narrow layers with the 8B model's head layout (head_dim 128, 8 query and 2 key/value
 heads, untied 128,256-token output), small enough for a CPU. `--merged` takes a folder 07 wrote
@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from helpers.synthetic import LLAMA31_8B  # noqa: E402  (the post's model's shape)
+from fixtures.synthetic import LLAMA31_8B  # noqa: E402  (the post's model's shape)
 
 SHAPES = {
     "8b": LLAMA31_8B,
@@ -42,7 +42,9 @@ SHAPES = {
 def main() -> int:
     import torch
 
-    from helpers import gguf_export, synthetic
+    from helpers.machinery import gguf_export
+    from fixtures import gguf_read_back
+    from fixtures import synthetic
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SHAPES), default="8b")
@@ -70,7 +72,7 @@ def main() -> int:
 
     rows = [json.loads(line)["text"] for line in (REPO / "data" / "pip_chip2.jsonl").read_text().splitlines()[:3]]
     start = time.perf_counter()
-    result = gguf_export.compare(merged, written.path, rows)
+    result = gguf_read_back.compare(merged, written.path, rows)
     figures["read_back_and_compare_s"] = time.perf_counter() - start
     figures.update(result)
 

@@ -54,7 +54,7 @@ def make_checkpoint(folder: Path, size: str) -> Path:
     """Random bf16 weights of the chosen shape plus a small trained tokenizer, made on the GPU."""
     import torch
 
-    from helpers.synthetic import random_llama
+    from fixtures.synthetic import random_llama
 
     if (folder / "config.json").exists():
         return folder

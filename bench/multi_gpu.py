@@ -1,4 +1,4 @@
-"""Data-parallel scaling: the same `python -m helpers.train` command on 1 GPU and, under
+"""Data-parallel scaling: the same `python -m tools.train` command on 1 GPU and, under
 `accelerate launch` (what `make train-multi` runs), on 2 GPUs of the same card type.
 
     python bench/multi_gpu.py [--size small|8b] [--steps 30] [--backends hf unsloth] [--json FILE]
@@ -49,7 +49,7 @@ use_gradient_checkpointing: false
 
 
 def train(cfg: Path, run_dir: Path, backend: str, gpus: int) -> dict:
-    base = ["-m", "helpers.train", str(cfg), "--run-dir", str(run_dir), "-p", "backend", backend]
+    base = ["-m", "tools.train", str(cfg), "--run-dir", str(run_dir), "-p", "backend", backend]
     if gpus == 1:
         cmd = [sys.executable, *base]
     else:

@@ -10,8 +10,8 @@ and a 210,289-row OIG-format file, through the runner, with a per-notebook table
    `quantization_config` in config.json: the layout of `unsloth/Meta-Llama-3.1-8B-bnb-4bit`), from
    `--seed` with a `--tokenizer`-style tokenizer (chatml: GPT-2's split and <|im_start|>/<|im_end|>;
    llama3: Llama 3's split regex and special tokens, BOS on every text), and an OIG `unified_chip2`-format
-   file of 210,289 rows (helpers.synthetic).
-2. Runs `python -m helpers.run configs/llama31-8b-oig.yaml` with only `model_name` and `dataset`
+   file of 210,289 rows (fixtures.synthetic).
+2. Runs `python -m tools.run configs/llama31-8b-oig.yaml` with only `model_name` and `dataset`
    overridden: the post's 120 steps (`--max-steps N`: a quick check of the whole chain instead, not the
    recipe), eval_fraction 0.01, everything else as the post has it. With `--cap-gib` the allocator of
    every process is capped (WORKBOOK_GPU_MEMORY_GIB), as on a 16 GB card. `--only 07 --only 08` resumes
@@ -55,7 +55,7 @@ def fixture(work: Path, tokenizer: str, seed: int) -> tuple[Path, Path, dict]:
     name = "llama31-8b-bnb-4bit" if (tokenizer, seed) == ("chatml", 0) else f"llama31-8b-bnb-4bit-{tokenizer}-seed{seed}"
     ckpt, scratch = work / name, scratch_folder(work, f"{name}-scratch-bf16")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from helpers import synthetic; "
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from fixtures import synthetic; "
                     "synthetic.prequantized_llama(Path(sys.argv[1]), Path(sys.argv[2]), seed=int(sys.argv[3]), "
                     "tokenizer=sys.argv[4], **synthetic.LLAMA31_8B)", str(ckpt), str(scratch), str(seed), tokenizer],
                    cwd=REPO, check=True)
@@ -63,7 +63,7 @@ def fixture(work: Path, tokenizer: str, seed: int) -> tuple[Path, Path, dict]:
     start = time.perf_counter()
     data = work / "unified_chip2.jsonl"
     if not data.exists():
-        from helpers import synthetic
+        from fixtures import synthetic
 
         synthetic.oig_file(data)
     timings["dataset_s"] = time.perf_counter() - start
@@ -79,7 +79,7 @@ def card_name() -> str | None:
 
 
 def run(config: str, run_dir: Path, ckpt: Path, data: Path, env: dict, *extra: str) -> tuple[float, int]:
-    cmd = [sys.executable, "-m", "helpers.run", config, "--run-dir", str(run_dir), "-p", "model_name", str(ckpt),
+    cmd = [sys.executable, "-m", "tools.run", config, "--run-dir", str(run_dir), "-p", "model_name", str(ckpt),
            "-p", "dataset", str(data), *extra]
     print("$ " + " ".join(cmd), flush=True)
     start = time.perf_counter()

@@ -4,9 +4,9 @@
                              [--config configs/default.yaml] [-p NAME VALUE]... [--json FILE]
 
 The worst moment of a workshop is the instructor saying "now run it": everybody's notebooks start
-together. For each N this starts N copies of `python -m helpers.run CONFIG` at once, each with its own
+together. For each N this starts N copies of `python -m tools.run CONFIG` at once, each with its own
 run folder and, with `--threads auto`, OMP_NUM_THREADS = cores // N (at least 1): what
-`python -m helpers.lab --threads` gives each participant's kernels. `--threads all` leaves torch its
+`python -m tools.lab --threads` gives each participant's kernels. `--threads all` leaves torch its
 default (every core, in every process) to show what happens without it. `--cores` pins all of them to
 those cores (taskset-style), to measure an 8-core machine on a bigger one. `--kernel fresh` (default)
 gives every notebook a new kernel, as JupyterLab does.
@@ -78,7 +78,7 @@ def one_round(n: int, cores: list[int], threads: str, args, work: Path) -> dict:
         start = time.perf_counter()
         for i in range(n):
             run_dir = work / f"n{n}-{threads}-{i}"
-            cmd = [sys.executable, "-m", "helpers.run", str(args.config), "--run-dir", str(run_dir),
+            cmd = [sys.executable, "-m", "tools.run", str(args.config), "--run-dir", str(run_dir),
                    "--kernel", args.kernel]
             for name, value in args.parameter:
                 cmd += ["-p", name, value]

@@ -13,11 +13,12 @@ def load(params: dict):
     "Where from" names the run folder's parts, not a machine's paths."""
     from helpers import evaluate
     from helpers import model as models
-    from helpers.memory import placement
+    from helpers.machinery import machine
+    from helpers.machinery.memory import placement
 
     merged = Path(params["run_dir"]) / "merged"
     instead = ""
-    if (merged / "config.json").exists() and models.choose_backend(params["backend"]) == "hf":
+    if (merged / "config.json").exists() and machine.choose_backend(params["backend"]) == "hf":
         import torch
 
         place = placement(merged)
@@ -35,7 +36,7 @@ def load(params: dict):
 
 def start(model, tokenizer, params: dict) -> "Chat":
     """A conversation with the run's system message (`system_message`, as the training rows had it)."""
-    from helpers.formats import system_message_for
+    from helpers.machinery.formats import system_message_for
 
     return Chat(model, tokenizer, params["chat_max_new_tokens"],
                 system=system_message_for(tokenizer, params["system_message"]))
@@ -110,6 +111,6 @@ class Chat:
         return reply
 
     def table(self):
-        from helpers.tables import whole
+        from helpers.machinery.tables import whole
 
         return whole(self.messages, columns=["role", "content"])

@@ -9,15 +9,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from helpers import data, generate, rundir
+from helpers import generate
+from helpers.machinery import data_report, rundir
+from helpers.machinery.token_loss import LOSS_KEYS, eval_rows, held_out_loss, loss_record
+from helpers.machinery.rundir import adapter_dir, adapter_stamp
 from helpers import model as models
-
-
-def adapter_dir(run_dir) -> Path:
-    folder = Path(run_dir) / "adapter"
-    if not (folder / "adapter_config.json").exists():
-        raise FileNotFoundError(f"No adapter in {folder}: run 05_train_and_save.ipynb with this run_dir first.")
-    return folder
 
 
 def load_finetuned(params: dict):
@@ -29,112 +25,6 @@ def load_finetuned(params: dict):
     model = PeftModel.from_pretrained(model, str(folder))
     model.eval()
     return model, tokenizer, info
-
-
-# Logits are made this many positions at a time: a full 2048-token row of a 128k-word vocabulary would
-# be 1 GiB of float32 logits per row at once.
-LOGIT_CHUNK = 1024
-TOKENS_PER_BATCH = 8192  # an evaluation batch holds at most this many positions (padding included)
-
-
-def mean_token_loss(model, dataset, batch_size: int) -> float:
-    """Mean negative log-likelihood per predicted token (labels of -100 left out), weighted by tokens:
-    every token counts once, whatever batch it falls in. The one definition of held-out loss in the
-    workbook (05 before and after training, 06, compare). Rows are batched by length (at most
-    `batch_size` rows and TOKENS_PER_BATCH positions) and the output layer runs LOGIT_CHUNK positions
-    at a time, so memory stays bounded on long rows and large vocabularies."""
-    import torch
-
-    rows = sorted((dataset[i] for i in range(len(dataset))), key=lambda row: len(row["input_ids"]))
-    total, count = 0.0, 0
-    decoder, head = _decoder_and_head(model)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in _batches(rows, batch_size):
-                ids, labels, mask = (t.to(device) for t in _pad(batch))
-                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                loss, n = _chunked_nll(head, hidden[:, :-1], labels[:, 1:])
-                total, count = total + loss, count + n
-    finally:
-        model.train(was_training)
-    return total / count
-
-
-def _decoder_and_head(model):
-    """The transformer body and the output layer of a causal LM (peft-wrapped or not)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
-
-
-def _batches(rows: list[dict], batch_size: int):
-    """Consecutive rows (sorted by length) in batches of at most `batch_size` rows and TOKENS_PER_BATCH
-    positions, padding included."""
-    batch, width = [], 0
-    for row in rows:
-        n = len(row["input_ids"])
-        if batch and (len(batch) == batch_size or max(width, n) * (len(batch) + 1) > TOKENS_PER_BATCH):
-            yield batch
-            batch, width = [], 0
-        batch.append(row)
-        width = max(width, n)
-    if batch:
-        yield batch
-
-
-def _pad(batch: list[dict]):
-    import torch
-
-    width = max(len(r["input_ids"]) for r in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(batch):
-        n = len(row["input_ids"])
-        ids[i, :n] = torch.as_tensor(row["input_ids"])
-        labels[i, :n] = torch.as_tensor(row.get("labels") or row["input_ids"])
-        mask[i, :n] = 1
-    return ids, labels, mask
-
-
-def _chunked_nll(head, hidden, labels) -> tuple[float, int]:
-    """Summed NLL and token count of `labels` (-100 ignored), LOGIT_CHUNK positions of logits at a time."""
-    import torch.nn.functional as F
-
-    keep = labels != -100
-    hidden, labels = hidden[keep], labels[keep]  # only positions that count need logits
-    total = 0.0
-    for start in range(0, len(labels), LOGIT_CHUNK):
-        logits = head(hidden[start:start + LOGIT_CHUNK]).float()
-        total += F.cross_entropy(logits, labels[start:start + LOGIT_CHUNK], reduction="sum").item()
-    return total, len(labels)
-
-
-def eval_rows(held_out, params: dict):
-    """The held-out rows that are measured: the first `max_eval_rows` (the split is already shuffled)."""
-    return held_out.select(range(min(len(held_out), params["max_eval_rows"])))
-
-
-def held_out_loss(model, held_out, params: dict) -> float | None:
-    """Token-weighted held-out loss of `model` on `eval_rows` (None when nothing was held out)."""
-    if not len(held_out):
-        return None
-    from helpers.data import training_dataset
-
-    return mean_token_loss(model, training_dataset(eval_rows(held_out, params)), params["per_device_eval_batch_size"])
-
-
-LOSS_KEYS = ("eval_loss_base", "eval_loss_finetuned", "perplexity_base", "perplexity_finetuned", "eval_rows_measured")
-
-
-def loss_record(base: float | None, finetuned: float | None, rows: int) -> dict:
-    """The metrics of one run's held-out losses, as 05 measures them and 06 shows them."""
-    if base is None or finetuned is None:
-        return {}
-    return {"eval_loss_base": base, "eval_loss_finetuned": finetuned, "perplexity_base": math.exp(base),
-            "perplexity_finetuned": math.exp(finetuned), "eval_rows_measured": rows}
 
 
 def compare_losses(model, tokenizer, held_out, params: dict) -> dict:
@@ -151,11 +41,6 @@ def compare_losses(model, tokenizer, held_out, params: dict) -> dict:
     return loss_record(base, tuned, len(eval_rows(held_out, params))) | {"measured_in": "06_evaluate"}
 
 
-def adapter_stamp(run_dir) -> float | None:
-    path = Path(run_dir) / "adapter" / "adapter_model.safetensors"
-    return path.stat().st_mtime if path.exists() else None
-
-
 def loss_table(result: dict):
     import pandas as pd
 
@@ -166,7 +51,7 @@ def loss_table(result: dict):
 
 def explain(result: dict, params: dict):
     """What the two losses mean, in sentences (which tokens counted, what the drop says)."""
-    from helpers.tables import Sentences
+    from helpers.machinery.tables import Sentences
 
     base, tuned = result["eval_loss_base"], result["eval_loss_finetuned"]
     text = (f"On the held-out rows, the loss went from **{base:.3f} to {tuned:.3f}** nats per token "
@@ -191,13 +76,13 @@ def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens:
     """Reference, base answer and fine-tuned answer for n held-out prompts (greedy, seeded)."""
     import torch
 
-    prompts = data.held_out_prompts(held_out, tokenizer, n)
+    prompts = data_report.held_out_prompts(held_out, tokenizer, n)
     texts = [p for _, p, _ in prompts]
     torch.manual_seed(seed)  # greedy decoding needs no randomness; the seed pins anything that might
     with model.disable_adapter():
         base = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
     tuned = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
-    return data.answers_table(prompts, {"base model": base, "fine-tuned": tuned})
+    return data_report.answers_table(prompts, {"base model": base, "fine-tuned": tuned})
 
 
 def save(run_dir, result: dict, table) -> Path:

@@ -1,6 +1,6 @@
 """Greedy answers from the model, for the before/after comparison; the rules every prompt follows.
 
-A prompt is tokenized by the same rule as a training row (`data.encode`: BOS added where the tokenizer
+A prompt is tokenized by the same rule as a training row (`tokenizing.encode`: BOS added where the tokenizer
 adds one and the text lacks it), and generation stops at end-of-sequence *and* at the chat template's
 end-of-turn token, which differ for many models (Llama 3.1 ends a turn with `<|eot_id|>`, not its
 `<|end_of_text|>`).
@@ -14,7 +14,7 @@ def prompt_batch(tokenizer, prompts: list[str], device):
     """input_ids + attention_mask of `prompts`, left-padded (generation continues at the right edge)."""
     import torch
 
-    from helpers.data import encode
+    from helpers.machinery.tokenizing import encode
 
     ids = [row for row, _ in encode(tokenizer, prompts)]
     width = max(len(r) for r in ids)

@@ -8,7 +8,7 @@ def checkpointing(model, params: dict, backend: str) -> tuple[object, list]:
     """The `use_gradient_checkpointing` value for this machine, and the differences from what was asked."""
     import torch
 
-    from helpers.memory import choose_checkpointing
+    from helpers.machinery.memory import choose_checkpointing
 
     differences = []
     gc, why = choose_checkpointing(params["use_gradient_checkpointing"], model.config,
@@ -106,7 +106,7 @@ def parameter_table(model, targets: list[str]):
 
 def plot_parameters(table, path=None):
     """Bar chart: frozen vs trainable parameters per layer kind (log scale: LoRA is tiny)."""
-    from helpers import plots
+    from helpers.machinery import plots
 
     fig, ax = plots.new_figure()
     data = table.drop(index="all")
@@ -124,7 +124,7 @@ def plot_parameters(table, path=None):
 
 def adapter_size(model):
     """What the adapter of step 5 will weigh: its trainable weights times their bytes."""
-    from helpers.tables import Sentences
+    from helpers.machinery.tables import Sentences
 
     weights = [p for p in model.parameters() if p.requires_grad]
     count = sum(p.numel() for p in weights)

@@ -13,14 +13,13 @@ saves the result. So `05_train_and_save` run alone after a kernel restart trains
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers import rundir
-from helpers.checks import check_combinations
-from helpers.errors import ParameterError  # noqa: F401  (callers catch params.ParameterError)
+from helpers.machinery import rundir
+from helpers.machinery.checks import check_combinations
+from helpers.machinery.errors import ParameterError  # noqa: F401  (callers catch params.ParameterError)
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -239,7 +238,7 @@ def settle(run_dir: str | Path, namespace: dict) -> dict:
     `namespace` is the notebook's `globals()`. It holds this step's own parameters (its parameters
     cell) and, when papermill passed a whole config, other steps' parameters too (papermill injects
     every value it is given). Both override what the run folder saved, so
-    `python -m helpers.run CONFIG --only 05 -p max_steps 10` trains 10 steps.
+    `python -m tools.run CONFIG --only 05 -p max_steps 10` trains 10 steps.
     """
     folder = rundir.resolve(run_dir)
     saved = rundir.read_json(folder / "params.json", default={})
@@ -251,56 +250,3 @@ def settle(run_dir: str | Path, namespace: dict) -> dict:
         check_combinations(merged)
         rundir.write_json(folder / "params.json", merged)
     return merged
-
-
-def markdown_table() -> str:
-    rows = ["| parameter | step | default | what it does |", "| --- | --- | --- | --- |"]
-    for p in PARAMS:
-        default = json.dumps(p.default) if not isinstance(p.default, str) else f"`{p.default}`"
-        if p.name == "target_modules":
-            default = "the seven projections"
-        step = "all" if p.step == "all" else STEPS[p.step]
-        rows.append(f"| `{p.name}` | {step} | {default} | {p.help} |")
-    return "\n".join(rows)
-
-
-DOC = rundir.REPO_ROOT / "docs" / "parameters.md"
-TABLE_START = "<!-- the table below is written by `python -m helpers.params`; edit helpers/params.py -->"
-TABLE_END = "<!-- end of the table -->"
-
-
-def document(text: str) -> str:
-    """docs/parameters.md's text with the table between its markers replaced by the current one."""
-    head, start, rest = text.partition(TABLE_START)
-    _, end, tail = rest.partition(TABLE_END)
-    if not (start and end):
-        raise ValueError(f"{DOC}: the markers {TABLE_START!r} and {TABLE_END!r} are missing")
-    return f"{head}{TABLE_START}\n{markdown_table()}\n{TABLE_END}{tail}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m helpers.params",
-                                 description="Write the parameter table into docs/parameters.md.")
-    ap.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
-    ap.add_argument("--print", action="store_true", help="print the table instead")
-    args = ap.parse_args(argv)
-    if args.print:
-        print(markdown_table())
-        return 0
-    text = DOC.read_text()
-    current = document(text)
-    if args.check:
-        if current != text:
-            print(f"{DOC} is out of date: run python -m helpers.params")
-            return 1
-        return 0
-    if current != text:
-        DOC.write_text(current)
-    print(f"{DOC}: {len(PARAMS)} parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,6 @@
 """Step 5: train, measure, plot the loss, save the adapter, compare before and after.
 
-Also a command line for training without notebooks, e.g. on several GPUs (one process each):
-
-    python -m helpers.train CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]...
-    accelerate launch --num_processes 2 --multi_gpu -m helpers.train CONFIG.yaml ...   (make train-multi)
-
-It does what notebooks 03 and 05 do (prepares the data if the run folder has none, trains with the
-same Session, saves adapter, log and metrics) with the same crash safety.
+The same steps without notebooks, on one GPU or several: `python -m tools.train` (tools/train.py).
 """
 from __future__ import annotations
 
@@ -16,7 +10,7 @@ import resource
 import time
 from pathlib import Path
 
-from helpers import rundir
+from helpers.machinery import rundir, storage
 
 
 class Session:
@@ -25,13 +19,13 @@ class Session:
     SFTTrainer itself, in sight; `trainer` builds the same one for the command line and the tests."""
 
     def __init__(self, params: dict):
-        from helpers import data, lora, model, trainer
+        from helpers import lora, model, trainer
 
         self.model, self.tokenizer, self.info = model.load(params)
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
         self.params = params
-        self.train, self.held_out = data.load_split(Path(params["run_dir"]), params)
-        self.train_ids = data.training_dataset(self.train, params["max_seq_length"])
+        self.train, self.held_out = storage.load_split(Path(params["run_dir"]), params)
+        self.train_ids = storage.training_dataset(self.train, params["max_seq_length"])
         self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
         self._trainer = None
 
@@ -63,9 +57,9 @@ def setup(params: dict) -> Session:
 
 
 def eval_loss(session: Session) -> float | None:
-    """Token-weighted held-out loss of the model as it is now (see evaluate.mean_token_loss), on at
+    """Token-weighted held-out loss of the model as it is now (see token_loss.mean_token_loss), on at
     most `max_eval_rows` rows; None when nothing was held out."""
-    from helpers.evaluate import held_out_loss
+    from helpers.machinery.token_loss import held_out_loss
 
     return held_out_loss(session.model, session.held_out, session.params)
 
@@ -131,7 +125,8 @@ def measured(trainer, params: dict | None = None):
     checkpoint as `resume` asks, and SIGINT/SIGTERM save a checkpoint, then raise TrainingInterrupted."""
     import torch
 
-    from helpers import checkpoints, trainer as trainers
+    from helpers import trainer as trainers
+    from helpers.machinery import checkpoints
 
     trainers.guard(trainer)
     resume = checkpoints.resume_from(params) if params else None
@@ -177,7 +172,8 @@ def run(trainer, params: dict | None = None) -> dict:
 def record(params: dict, session: Session, before: float | None, after: float | None, stats: dict) -> dict:
     """Metrics of the training (05): the run's figures and the held-out losses before and after, which
     06 shows rather than measuring them again (they belong to the adapter saved at `adapter_saved_at`)."""
-    from helpers.evaluate import adapter_stamp, eval_rows, loss_record
+    from helpers.machinery.token_loss import eval_rows, loss_record
+    from helpers.machinery.rundir import adapter_stamp
 
     losses = loss_record(before, after, len(eval_rows(session.held_out, params)))
     return rundir.update_metrics(Path(params["run_dir"]), **stats, **losses,
@@ -201,7 +197,7 @@ def stats_table(stats: dict):
 def explain(stats: dict, config: dict, before: float | None, after: float | None, train_rows: int):
     """What the training's numbers mean, in sentences: how much of the data it saw, and how the last
     training loss and the held-out loss relate."""
-    from helpers.tables import Sentences
+    from helpers.machinery.tables import Sentences
     from helpers.trainer import effective_batch_size
 
     seen = effective_batch_size(config) * stats["train_steps"]
@@ -228,7 +224,7 @@ def loss_history(log_history) -> tuple[list[int], list[float]]:
 
 
 def plot_loss(log_history, before: float | None, after: float | None, path=None):
-    from helpers import plots
+    from helpers.machinery import plots
 
     steps, losses = loss_history(log_history)
     fig, ax = plots.new_figure()
@@ -244,7 +240,7 @@ def plot_loss(log_history, before: float | None, after: float | None, path=None)
 
 
 def save_log_history(trainer, run_dir: Path) -> Path:
-    """The trainer's log (loss per step, learning rate, ...) as log_history.json, for helpers.compare."""
+    """The trainer's log (loss per step, learning rate, ...) as log_history.json, for tools.compare."""
     path = Path(run_dir) / "log_history.json"
     rundir.write_json(path, trainer.state.log_history)
     return path
@@ -260,80 +256,7 @@ def save_adapter(model, tokenizer, run_dir: Path) -> Path:
 
 
 def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], after: list[str]):
-    """prompts: (question, prompt text, reference) as data.held_out_prompts gives them."""
-    from helpers.data import answers_table
+    """prompts: (question, prompt text, reference) as data_report.held_out_prompts gives them."""
+    from helpers.machinery.data_report import answers_table
 
     return answers_table(prompts, {"before": before, "after": after})
-
-
-def main(argv=None) -> int:
-    import argparse
-    import sys
-
-    from helpers import checkpoints, checks, data, params as P
-    from helpers import model as models
-    from helpers import run as runner
-
-    ap = argparse.ArgumentParser(prog="python -m helpers.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", type=Path)
-    ap.add_argument("--run-dir", type=Path)
-    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    args = ap.parse_args(argv)
-    try:
-        values = P.load_config(args.config)
-        overrides = {name: runner.parse_value(value) for name, value in args.parameter}
-        P.check(overrides)
-        merged = {**P.DEFAULTS, **values, **overrides}
-        merged["run_dir"] = str(rundir.resolve(args.run_dir or values.get("run_dir")
-                                               or runner.default_run_dir(args.config)))
-        P.check(merged)
-        checks.check_combinations(merged)
-    except P.ParameterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    state = PartialState()  # one process, or one per GPU under accelerate launch
-    run_dir = Path(merged["run_dir"])
-    if state.is_main_process:
-        rundir.write_json(run_dir / "params.json", merged)
-        if not (run_dir / "data" / "train.arrow").exists():
-            prepared = data.prepare(merged, models.load_tokenizer(merged))
-            data.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]), merged)
-    state.wait_for_everyone()
-    session = Session(merged)
-    try:
-        stats = run(session.trainer, merged)
-    except checkpoints.TrainingInterrupted as e:
-        print(f"stopped: {e}", file=sys.stderr, flush=True)
-        return 130
-    tokens = _sum_over_processes(stats["train_tokens"])
-    steady = _sum_over_processes(stats["tokens_per_s_steady"])  # every process trains its own rows
-    stats.update(world_size=state.num_processes, train_tokens=tokens, tokens_per_s_steady=steady,
-                 tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan)
-    if state.is_main_process:
-        save_adapter(session.model, session.tokenizer, run_dir)
-        save_log_history(session.trainer, run_dir)
-        rundir.update_metrics(run_dir, **stats)
-        print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
-              f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; {run_dir}")
-    return 0
-
-
-def _sum_over_processes(value):
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    total = torch.tensor([float(value)], device=device, dtype=torch.float64)
-    dist.all_reduce(total)
-    return type(value)(total.item())
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

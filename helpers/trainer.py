@@ -28,7 +28,7 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
         # The post enables checkpointing through get_peft_model (step 02), not in the trainer;
         # TRL's own default (on) would add a second, slower layer of recomputation.
         gradient_checkpointing=False,
-        save_strategy="steps",  # checkpoints for resuming (helpers.checkpoints marks them complete)
+        save_strategy="steps",  # checkpoints for resuming (helpers.machinery.checkpoints marks them complete)
         save_steps=params["save_steps"],
         save_total_limit=params["save_total_limit"],
         eval_strategy="no",  # 05 evaluates explicitly, before and after training
@@ -108,7 +108,7 @@ def lr_schedule(kwargs: dict) -> list[float]:
 
 
 def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
-    from helpers import plots
+    from helpers.machinery import plots
 
     fig, ax = plots.new_figure()
     ax.plot(range(1, len(rates) + 1), rates, color="#2563eb")
@@ -125,8 +125,8 @@ def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
 def build(model, tokenizer, train, kwargs: dict, callbacks=()):
     """The `SFTTrainer` that notebook 05 spells out, for the command line and the tests: over the
     prepared split's token ids (`input_ids`, and `labels` where some tokens stay out of the loss; see
-    `data.training_dataset`), so that TRL and unsloth train on exactly the same tokens. Held-out loss
-    is measured by the workbook itself (evaluate.mean_token_loss), not by the trainer."""
+    `storage.training_dataset`), so that TRL and unsloth train on exactly the same tokens. Held-out loss
+    is measured by the workbook itself (token_loss.mean_token_loss), not by the trainer."""
     from trl import SFTConfig, SFTTrainer
 
     return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=SFTConfig(**kwargs),
@@ -155,12 +155,12 @@ def guard(trainer):
 
 def progress_callback():
     """A TrainerCallback that writes step N of M, the loss and the time left, for the runner to show
-    while 05 trains (helpers.progress)."""
+    while 05 trains (helpers.machinery.progress)."""
     import time
 
     from transformers import TrainerCallback
 
-    from helpers import progress
+    from helpers.machinery import progress
 
     class Progress(TrainerCallback):
         start = first_step = None

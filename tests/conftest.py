@@ -40,7 +40,7 @@ def _isolated_lab_run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_dir() -> Path:
-    from helpers.model import bundled_folder
+    from helpers.machinery.weights import bundled_folder
 
     return bundled_folder("SmolLM2-135M-Instruct")
 
@@ -49,7 +49,7 @@ def bundled_dir() -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama (head_dim 64, as GPU kernels expect) with random weights and a small trained
     tokenizer, saved like any local model."""
-    from helpers.synthetic import random_llama
+    from fixtures.synthetic import random_llama
 
     return random_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", hidden_size=128, intermediate_size=256,
                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_prequantized_dir(tmp_path_factory) -> Path:
     """The tiny Llama saved *pre-quantized* (nf4, double quantization, quantization_config in config.json),
     like the post's `-bnb-4bit` model (GPU only: bitsandbytes quantizes on the GPU)."""
-    from helpers.synthetic import prequantized_llama
+    from fixtures.synthetic import prequantized_llama
 
     folder = tmp_path_factory.mktemp("tiny-bnb")
     return prequantized_llama(folder / "tiny-llama-bnb-4bit", folder / "scratch", hidden_size=128,

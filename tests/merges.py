@@ -7,7 +7,7 @@ HOWS = ("scale", "layer")
 
 
 def wrong_writer(how: str, real):
-    """A stand-in for export._write_merged (`real`) that writes the update twice over (`how="scale"`: as
+    """A stand-in for merging.write_merged (`real`) that writes the update twice over (`how="scale"`: as
     if alpha/r were doubled) or leaves the first decoder layer's update out (`"layer"`)."""
     from peft.tuners.lora import LoraLayer
 
@@ -34,20 +34,21 @@ def checks(params: dict) -> dict:
     import torch
 
     from helpers import export
-    from helpers import model as models
+    from helpers.machinery import merging
+    from helpers.machinery import merge_check, weights
 
-    real = export._write_merged
+    real = merging.write_merged
     right = export.merge_and_save(params)
-    result = {"right": right.check(export.reload_without_peft(right.folder))}
-    base = export.reload_without_peft(models.resolve_source(params["model_name"]))
+    result = {"right": right.check(merge_check.reload_without_peft(right.folder))}
+    base = merge_check.reload_without_peft(weights.resolve_source(params["model_name"]))
     result["adapter_effect"] = float((torch.tensor(base["logits"]) - right.adapter_logits).abs().max())
     try:
         for how in HOWS:
-            export._write_merged = wrong_writer(how, real)
+            merging.write_merged = wrong_writer(how, real)
             merged = export.merge_and_save(params)
-            result[how] = merged.check(export.reload_without_peft(merged.folder))
+            result[how] = merged.check(merge_check.reload_without_peft(merged.folder))
     finally:
-        export._write_merged = real
+        merging.write_merged = real
     return result
 
 
@@ -56,7 +57,7 @@ if __name__ == "__main__":  # python tests/merges.py RUN_DIR: the checks on that
     import sys
     from pathlib import Path
 
-    from helpers import rundir
+    from helpers.machinery import rundir
     from helpers.params import DEFAULTS
 
     run_dir = Path(sys.argv[1])

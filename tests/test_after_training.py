@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import chat, data, evaluate, export, rundir, train
+from helpers import chat, data, evaluate, export, train
+from helpers.machinery import merge_check, merging, rundir, storage, token_loss
 from helpers import model as models
+from helpers.machinery import weights
 
 WORDS = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow")
 
@@ -27,7 +29,7 @@ def trained(tiny_model_dir, tmp_path_factory):
               "gradient_accumulation_steps": 1, "learning_rate": 1e-2, "eval_fraction": 0.25}
     rundir.resolve(params["run_dir"])
     prepared = data.prepare(params, models.load_tokenizer(params))
-    data.save_split(params["run_dir"], *data.split(prepared.rows, 0.25, seed=1))
+    storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.25, seed=1))
     session = train.setup(params)
     train.run(session.trainer)
     train.save_adapter(session.model, session.tokenizer, params["run_dir"])
@@ -36,7 +38,7 @@ def trained(tiny_model_dir, tmp_path_factory):
 
 def test_evaluation_compares_base_and_finetuned(trained):
     model, tok, info = evaluate.load_finetuned(trained)
-    _, held_out = data.load_split(trained["run_dir"])
+    _, held_out = storage.load_split(trained["run_dir"])
     result = evaluate.compare_losses(model, tok, held_out, trained)
     assert result["eval_loss_finetuned"] < result["eval_loss_base"]
     assert result["perplexity_base"] == pytest.approx(math.exp(result["eval_loss_base"]))
@@ -65,7 +67,7 @@ def test_mean_token_loss_weights_every_token_once(trained):
             target = torch.tensor(labels[1:])
             total += F.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
             count += int((target != -100).sum())
-    assert evaluate.mean_token_loss(model, Dataset.from_dict(rows), batch_size=2) == pytest.approx(total / count,
+    assert token_loss.mean_token_loss(model, Dataset.from_dict(rows), batch_size=2) == pytest.approx(total / count,
                                                                                                    rel=1e-5)
 
 
@@ -79,9 +81,9 @@ def test_held_out_loss_does_not_move_with_batch_size_or_chunking(trained, monkey
     rows = {"input_ids": [[5 + (i * 7 + j) % 90 for j in range(n + 1)] for i, n in enumerate(lengths)]}
     rows["labels"] = [[-100] + ids[1:] for ids in rows["input_ids"]]
     data_ = Dataset.from_dict(rows)
-    losses = [evaluate.mean_token_loss(model, data_, batch_size=b) for b in (1, 2, 3)]
-    monkeypatch.setattr(evaluate, "LOGIT_CHUNK", 3)
-    losses.append(evaluate.mean_token_loss(model, data_, batch_size=2))
+    losses = [token_loss.mean_token_loss(model, data_, batch_size=b) for b in (1, 2, 3)]
+    monkeypatch.setattr(token_loss, "LOGIT_CHUNK", 3)
+    losses.append(token_loss.mean_token_loss(model, data_, batch_size=2))
     assert max(losses) - min(losses) < 1e-5, losses
 
 
@@ -92,28 +94,28 @@ def test_export_merges_and_plain_transformers_reloads_it(trained):
     names = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in names and not any(n.startswith("adapter") or n.endswith(".bin") for n in names)
     assert "auto_map" not in json.loads((folder / "config.json").read_text())  # no remote code needed
-    reloaded = export.reload_without_peft(folder)
+    reloaded = merge_check.reload_without_peft(folder)
     check = merged.check(reloaded)
     assert check["ok"] and check["max_abs_logit_diff"] <= 1e-3 and check["same_next_token"] == 1.0
     assert check["rounding_logit_diff"] <= 1e-4  # float32: the merged weights compute what the adapter does
-    base_logits = export.reload_without_peft(models.resolve_source(trained["model_name"]))
+    base_logits = merge_check.reload_without_peft(weights.resolve_source(trained["model_name"]))
     assert not merged.check(base_logits)["ok"]  # the control: the merge mattered
     with pytest.raises(RuntimeError, match="could not load"):
-        export.reload_without_peft(folder.parent / "adapter")  # an adapter needs peft: blocked there
+        merge_check.reload_without_peft(folder.parent / "adapter")  # an adapter needs peft: blocked there
 
 
 def test_export_in_16_bit_in_several_shards(trained, monkeypatch):
     """The merge is written a tensor at a time into shards with an index, as large models are."""
-    monkeypatch.setattr(export, "SHARD_BYTES", 200_000)
+    monkeypatch.setattr(merging, "SHARD_BYTES", 200_000)
     merged = export.merge_and_save({**trained, "export_dtype": "float16"})
     shards = sorted(p.name for p in merged.folder.glob("*.safetensors"))
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     index = json.loads((merged.folder / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
-    reloaded = export.reload_without_peft(merged.folder)
+    reloaded = merge_check.reload_without_peft(merged.folder)
     assert reloaded["dtype"] == "torch.float16"
     check = merged.check(reloaded)
-    assert check["ok"] and check["tolerance"] == pytest.approx(export.RELATIVE_TOLERANCE_16BIT * check["logit_scale"])
+    assert check["ok"] and check["tolerance"] == pytest.approx(merge_check.RELATIVE_TOLERANCE_16BIT * check["logit_scale"])
     assert check["rounding_logit_diff"] > 1e-6  # rounded to 16 bits: not bit-identical to the adapter model
 
 
@@ -136,7 +138,7 @@ def test_the_16_bit_check_tells_rounding_and_near_ties_from_a_wrong_merge():
         merged[0, position, (top[0, position] + 1) % 50] += 0.002 * scale
 
     def check(reloaded):
-        return export.check(adapter, merged, {"logits": reloaded.tolist()}, "bfloat16")
+        return merge_check.check(adapter, merged, {"logits": reloaded.tolist()}, "bfloat16")
 
     other_device = merged + 1e-4 * scale * torch.randn_like(merged)
     other_device[0, 5] -= 0.03 * scale  # one position off by 3% of the scale
@@ -144,7 +146,7 @@ def test_the_16_bit_check_tells_rounding_and_near_ties_from_a_wrong_merge():
     assert result["ok"] and result["same_next_token"] == pytest.approx(196 / 200)
     assert result["decided_same"] == result["decided_positions"] <= 196
     assert result["rounding_logit_diff"] >= 0.002 * scale
-    table = export.check_table(result)
+    table = merge_check.check_table(result)
     assert table.loc["same greedy token, decided positions", "value"] == \
         f"{result['decided_positions']} of {result['decided_positions']}"
     moved = merged.clone()
@@ -175,15 +177,15 @@ def test_a_16_bit_base_too_large_for_the_card_is_merged_in_cpu_memory(trained, m
     4-bit (small, dequantized a layer at a time), it runs on the GPU; without a GPU the question is moot."""
     import torch
 
-    from helpers.memory import Placement
+    from helpers.machinery.memory import Placement
 
-    source = models.resolve_source(trained["model_name"])
+    source = weights.resolve_source(trained["model_name"])
     assert not export.merges_on_cpu(source)  # no GPU here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for where, expected in (("gpu+cpu", True), ("cpu", True), ("gpu", False)):
         monkeypatch.setattr(export, "placement", lambda folder, where=where: Placement(where, {}, ""))
         assert export.merges_on_cpu(source) is expected, where
-    monkeypatch.setattr(models, "is_prequantized", lambda folder: True)
+    monkeypatch.setattr(weights, "is_prequantized", lambda folder: True)
     assert not export.merges_on_cpu(source)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import checks
+from helpers.machinery import checks
 from helpers.params import DEFAULTS, ParameterError
 
 REPO = checks.Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_batch_size_below_one_is_a_range_error():
 
 
 def test_the_runner_checks_combinations_before_any_notebook(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
                              "-p", "warmup_steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "'warmup_steps' = 50 is more than max_steps = 4" in result.stderr
     assert not list(tmp_path.glob("*.ipynb"))
@@ -93,7 +93,7 @@ def test_a_checkpoint_stored_in_4bit_needs_a_gpu(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
         "quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}))
-    from helpers.model import is_prequantized
+    from helpers.machinery.weights import is_prequantized
 
     assert is_prequantized(str(folder)) and not is_prequantized(str(tmp_path))
     assert is_prequantized("unsloth/Meta-Llama-3.1-8B-bnb-4bit")  # a hub id: by its name

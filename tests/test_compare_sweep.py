@@ -1,11 +1,11 @@
-"""helpers.compare on hand-made run folders, helpers.sweep's planning, and a real sweep on the smoke config."""
+"""tools.compare on hand-made run folders, tools.sweep's planning, and a real sweep on the smoke config."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from helpers import compare, sweep
+from tools import compare, sweep
 from helpers.params import ParameterError
 
 REPO = compare.rundir.REPO_ROOT
@@ -35,7 +35,7 @@ def test_compare_ranks_runs_and_labels_them_by_what_differs(tmp_path):
 
 def test_compare_cli_refuses_an_unfinished_run(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, "-m", "helpers.compare", str(tmp_path / "empty")], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "tools.compare", str(tmp_path / "empty")], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 2 and f"{tmp_path / 'empty'}: no finished training here" in result.stderr
 
@@ -54,19 +54,19 @@ def test_sweep_values_are_parsed_and_checked():
 
 
 def test_sweep_list_hands_out_one_command_per_combination(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "helpers.sweep", "configs/smoke.yaml", "-p", "lora_r", "8,16",
+    result = subprocess.run([sys.executable, "-m", "tools.sweep", "configs/smoke.yaml", "-p", "lora_r", "8,16",
                              "-p", "learning_rate", "1e-4,2e-4", "--out", str(tmp_path), "--list"],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 5 and lines[0].startswith("1: python -m helpers.run configs/smoke.yaml --run-dir")
+    assert len(lines) == 5 and lines[0].startswith("1: python -m tools.run configs/smoke.yaml --run-dir")
     assert f"{tmp_path}/lora_r=16-learning_rate=0.0002 -p lora_r 16 -p learning_rate 0.0002" in lines[3]
-    assert lines[4] == f"then: python -m helpers.compare {tmp_path}/*/ --out {tmp_path}"
+    assert lines[4] == f"then: python -m tools.compare {tmp_path}/*/ --out {tmp_path}"
     assert not any(tmp_path.iterdir())  # listing runs nothing
 
 
 def test_sweep_bad_value_stops_before_any_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "helpers.sweep", "configs/smoke.yaml", "-p", "lora_r", "8,x",
+    result = subprocess.run([sys.executable, "-m", "tools.sweep", "configs/smoke.yaml", "-p", "lora_r", "8,x",
                              "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "'lora_r' = 'x' has type str" in result.stderr
     assert not any(tmp_path.iterdir())
@@ -76,7 +76,7 @@ def test_sweep_bad_value_stops_before_any_run(tmp_path):
 def test_sweep_of_three_ranks_on_the_smoke_config(tmp_path):
     # 03 and 05 only (05 rebuilds steps 1-4 itself): the sweep's default 01-05 adds three notebook kernels per
     # run and nothing a comparison uses; test_runner runs the whole chain once.
-    result = subprocess.run([sys.executable, "-m", "helpers.sweep", "configs/smoke.yaml", "-p", "lora_r", "8,16,32",
+    result = subprocess.run([sys.executable, "-m", "tools.sweep", "configs/smoke.yaml", "-p", "lora_r", "8,16,32",
                              "--out", str(tmp_path), "--only", "03", "--only", "05"],
                             cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""Crash-safe training through `python -m helpers.train` (what notebook 05 and `make train-multi` run):
+"""Crash-safe training through `python -m tools.train` (what notebook 05 and `make train-multi` run):
 a SIGKILLed run resumes to the same result as an uninterrupted one; SIGTERM saves a checkpoint first."""
 import json
 import os
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import checkpoints
+from helpers.machinery import checkpoints
 
 REPO = checkpoints.rundir.REPO_ROOT
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def config(tmp_path, bundled_dir):
 
 
 def train_cmd(config, run_dir):
-    return [sys.executable, "-m", "helpers.train", str(config), "--run-dir", str(run_dir)]
+    return [sys.executable, "-m", "tools.train", str(config), "--run-dir", str(run_dir)]
 
 
 def wait_for(predicate, process, timeout=300):

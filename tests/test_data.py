@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import data, data_read
+from helpers import data
+from helpers.machinery import data_read, data_report, storage
 from helpers.data import DatasetError
 from helpers.params import DEFAULTS
 
@@ -124,7 +125,7 @@ def test_hub_dataset_passes_name_config_and_split(monkeypatch, prep):
         calls.append((name, config, split))
         return datasets.Dataset.from_list(OIG[:6])
 
-    monkeypatch.setattr("helpers.model.hub_reachable", lambda url=None: True)
+    monkeypatch.setattr("helpers.machinery.weights.hub_reachable", lambda url=None: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     report = prep("laion/OIG", dataset_split="validation", dataset_config="chip2").report
     assert calls == [("laion/OIG", "chip2", "validation")]
@@ -288,7 +289,7 @@ def test_long_rows_are_truncated_or_dropped(jsonl, prep, chat_tok):
     rows = OIG[:4] + [{"text": f"<human>: Tell me more.\n<bot>: {long_answer}"}]
     prepared = prep(jsonl(rows), max_seq_length=64)
     assert (prepared.report.kept, prepared.report.truncated) == (5, 1)
-    assert max(data.token_lengths(chat_tok, prepared.rows)) <= 64
+    assert max(data_report.token_lengths(chat_tok, prepared.rows)) <= 64
     assert max(prepared.lengths) > 200  # the histogram shows the length before the cut
     dropped = prep(jsonl(rows), max_seq_length=64, on_long_rows="drop").report
     assert (dropped.kept, dropped.truncated, dropped.dropped) == (4, 0, {"too long": 1})
@@ -319,7 +320,7 @@ def test_empty_file_is_an_error(tmp_path, prep):
 def test_zero_usable_rows_is_an_error_and_leaves_no_split(tmp_path, jsonl, prep):
     good = prep(jsonl(OIG[:4], name="good.jsonl"))
     train, held = data.split(good.rows, 0.25, seed=1)
-    data.save_split(tmp_path / "run", train, held)
+    storage.save_split(tmp_path / "run", train, held)
     bad = write_bytes(tmp_path, "bad.jsonl", [b"{", b"[1, 2]", b"\xff"])
     with pytest.raises(DatasetError, match=rf"{bad}: no usable rows \(read 3, dropped: 1 unparsable, "
                                            r"1 wrong type, 1 not UTF-8\)"):
@@ -338,7 +339,7 @@ def test_report_is_saved_with_the_table(jsonl, prep, tmp_path):
     prepared = prep(jsonl(OIG[:3] + [{"text": ""}]))
     saved = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert (saved["rows_read"], saved["kept"], saved["dropped"]) == (4, 3, {"empty field": 1})
-    table = data.report_table(prepared.report)["value"]
+    table = data_report.report_table(prepared.report)["value"]
     assert (table["rows read"], table["rows kept"], table["dropped: empty field"]) == (4, 3, 1)
 
 
@@ -360,14 +361,14 @@ def test_saved_split_is_what_the_trainer_reads(jsonl, prep, tmp_path):
     params = {**DEFAULTS, "run_dir": str(tmp_path / "run"), "train_on_responses_only": True}
     prepared = prep(jsonl(OIG[:8]), train_on_responses_only=True)
     train, held = data.split(prepared.rows, 0.25, seed=1)
-    data.save_split(tmp_path / "run", train, held, params)
-    train_ds, held_ds = data.load_split(tmp_path / "run", params)
+    storage.save_split(tmp_path / "run", train, held, params)
+    train_ds, held_ds = storage.load_split(tmp_path / "run", params)
     assert (len(train_ds), len(held_ds)) == (6, 2)
     assert train_ds[0]["input_ids"] == list(train[0]["input_ids"]) and train_ds[0]["labels"] == list(train[0]["labels"])
     assert "messages" not in train_ds.column_names and held_ds[1]["messages"] == held[1]["messages"]
-    assert data.training_dataset(train_ds).column_names == ["input_ids", "labels"]
+    assert storage.training_dataset(train_ds).column_names == ["input_ids", "labels"]
     with pytest.raises(DatasetError, match=r"other settings: max_seq_length \(512 then, 256 now\)"):
-        data.load_split(tmp_path / "run", {**params, "max_seq_length": 256})
+        storage.load_split(tmp_path / "run", {**params, "max_seq_length": 256})
 
 
 def test_label_guard_stops_a_batch_with_nothing_to_learn():
@@ -422,10 +423,10 @@ SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging
 
 
 def test_the_template_system_message_is_found_and_named_in_03(chat_tok):
-    from helpers import formats
+    from helpers.machinery import formats
 
     assert formats.template_system(chat_tok) == SMOLLM_SYSTEM
-    note = data.system_note(chat_tok, {**DEFAULTS, "system_message": "template"})
+    note = data_report.system_note(chat_tok, {**DEFAULTS, "system_message": "template"})
     assert SMOLLM_SYSTEM in note and "system_message" in note
 
 
@@ -454,6 +455,6 @@ def test_a_split_made_with_another_system_message_is_refused(tmp_path, prep):
     path.write_text("\n".join(json.dumps(r) for r in OIG) + "\n")
     params = {**DEFAULTS, "dataset": str(path), "run_dir": str(tmp_path / "run")}
     prepared = prep(path)
-    data.save_split(params["run_dir"], *data.split(prepared.rows, 0.1, 1), params)
+    storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.1, 1), params)
     with pytest.raises(Exception, match="system_message"):
-        data.load_split(Path(params["run_dir"]), {**params, "system_message": "You are Pip."})
+        storage.load_split(Path(params["run_dir"]), {**params, "system_message": "You are Pip."})

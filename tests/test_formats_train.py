@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from helpers import data, params, rundir, train
+from helpers import data, params, train
+from helpers.machinery import data_report, rundir, storage
 from helpers import model as models
-from helpers.formats import parse_oig
+from helpers.machinery.formats import parse_oig
 
 REPO = rundir.REPO_ROOT
 
@@ -45,7 +46,7 @@ def test_each_format_trains_end_to_end(fmt, tmp_path, bundled_dir):
     prepared = data.prepare(P, models.load_tokenizer(P))
     assert prepared.report.format == {"sharegpt": "conversations"}.get(fmt, fmt)
     assert prepared.report.kept == 80
-    data.save_split(P["run_dir"], *data.split(prepared.rows, P["eval_fraction"], P["seed"]))
+    storage.save_split(P["run_dir"], *data.split(prepared.rows, P["eval_fraction"], P["seed"]))
 
     session = train.setup(P)
     batch = next(iter(session.trainer.get_train_dataloader()))  # what the model is trained on
@@ -55,7 +56,7 @@ def test_each_format_trains_end_to_end(fmt, tmp_path, bundled_dir):
     after = train.eval_loss(session)
     assert stats["train_steps"] == 4 and math.isfinite(stats["train_loss"])
     assert after < before
-    answers = session.answer([p for _, p, _ in data.held_out_prompts(session.held_out, session.tokenizer, 2)], 8)
+    answers = session.answer([p for _, p, _ in data_report.held_out_prompts(session.held_out, session.tokenizer, 2)], 8)
     assert len(answers) == 2
     adapter = train.save_adapter(session.model, session.tokenizer, P["run_dir"])
     assert (adapter / "adapter_model.safetensors").exists()

@@ -3,7 +3,10 @@ import json
 
 import pytest
 
-from helpers import export, gguf_export, ollama
+from helpers import export
+from helpers.machinery import gguf_export, ollama
+from fixtures import gguf_read_back
+from helpers.machinery import gguf_meta
 
 LLAMA3_TEMPLATE = (  # Meta-Llama-3-8B-Instruct's chat template
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
@@ -23,7 +26,7 @@ def test_llama31_rope_factors_match_transformers():
     config = LlamaConfig(hidden_size=4096, num_attention_heads=32, rope_parameters=scaling)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
     plain = 1.0 / (500000.0 ** (__import__("torch").arange(0, 128, 2).float() / 128))
-    factors = gguf_export.llama3_rope_factors({"hidden_size": 4096, "num_attention_heads": 32, "rope_parameters": scaling})
+    factors = gguf_meta.llama3_rope_factors({"hidden_size": 4096, "num_attention_heads": 32, "rope_parameters": scaling})
     assert len(factors) == 64 and factors[0] == 1.0 and factors[-1] == 8.0
     assert (plain / scaled).tolist() == pytest.approx(factors, rel=1e-4)
 
@@ -33,7 +36,7 @@ def test_q_and_k_rows_are_permuted_as_transformers_undoes_it():
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
     weight = torch.arange(8 * 64 * 3, dtype=torch.float32).reshape(8 * 64, 3)
-    there = gguf_export.permute_for_rope(weight, 8)
+    there = gguf_meta.permute_for_rope(weight, 8)
     assert not torch.equal(there, weight)
     back = LlamaTensorProcessor(config={"num_attention_heads": 8, "num_key_value_heads": 8}).process(
         there.numpy(), "blk.0.attn_q.weight")
@@ -47,12 +50,12 @@ def test_q_and_k_rows_are_permuted_as_transformers_undoes_it():
                                             {"type": "ByteLevel", "use_regex": False}]}, "llama-bpe"),
 ])
 def test_the_pretokenizer_gets_llama_cpps_name(pre, name):
-    assert gguf_export.pretokenizer_name({"pre_tokenizer": pre}) == name
+    assert gguf_meta.pretokenizer_name({"pre_tokenizer": pre}) == name
 
 
 def test_an_unknown_pretokenizer_or_architecture_is_named(tiny_model_dir, tmp_path):
-    with pytest.raises(gguf_export.UnsupportedModel, match="Metaspace"):
-        gguf_export.pretokenizer_name({"pre_tokenizer": {"type": "Metaspace"}})
+    with pytest.raises(gguf_meta.UnsupportedModel, match="Metaspace"):
+        gguf_meta.pretokenizer_name({"pre_tokenizer": {"type": "Metaspace"}})
     folder = tmp_path / "qwen"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
@@ -65,7 +68,7 @@ def test_an_unknown_pretokenizer_or_architecture_is_named(tiny_model_dir, tmp_pa
 def test_a_tiny_llama_reads_back_from_gguf(tiny_model_dir, tmp_path, outtype):
     written = gguf_export.write(tiny_model_dir, tmp_path / "tiny.gguf", outtype)
     texts = ["<human>: Say red.\n<bot>: Pip here! red. Happy to help!", "<human>: What is 12 plus 30?\n<bot>:"]
-    result = gguf_export.compare(tiny_model_dir, written.path, texts)
+    result = gguf_read_back.compare(tiny_model_dir, written.path, texts)
     assert result["same_ids"] == [True, True]
     if outtype == "f32":
         assert result["max_abs_logit_diff"] <= 1e-4 * max(1.0, result["logit_scale"]) and result["same_next_token"] == 1.0
@@ -110,7 +113,7 @@ def hf_render(tokenizer, messages):
 def test_the_modelfile_layout_renders_like_the_chat_template(kind, smollm_tokenizer, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from helpers.formats import ensure_chat_template, template_system, with_system
+    from helpers.machinery.formats import ensure_chat_template, template_system, with_system
 
     if kind == "chatml":
         tokenizer = smollm_tokenizer

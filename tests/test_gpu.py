@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import lora, model as models, trainer
+from helpers.machinery import merge_check, storage
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.gpu
@@ -29,7 +30,7 @@ def test_auto_backend_is_unsloth_with_4bit_weights(tiny_params):
 
 
 def test_smoke_chain_on_gpu(tmp_path, tiny_model_dir):
-    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
                              "-p", "model_name", str(tiny_model_dir)],
                             cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -87,13 +88,14 @@ def test_responses_only_labels_reach_the_unsloth_trainer(tiny_params, jsonl):
 
     import torch
 
-    from helpers import data, rundir, train
+    from helpers import data, train
+    from helpers.machinery import rundir
 
     rows = [{"text": f"<human>: Say {w} twice.\n<bot>: {w} {w}."} for w in ("red", "blue", "green", "cat", "dog")]
     params = {**tiny_params, "dataset": str(jsonl(rows)), "train_on_responses_only": True, "eval_fraction": 0.2}
     rundir.resolve(params["run_dir"])
     prepared = data.prepare(params, models.load_tokenizer(params))
-    data.save_split(params["run_dir"], *data.split(prepared.rows, 0.2, seed=1))
+    storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.2, seed=1))
     session = train.setup(params)
     assert session.info.backend == "unsloth"
     batch = next(iter(session.trainer.get_train_dataloader()))
@@ -127,13 +129,13 @@ def capped_run(tmp_path_factory):
     model's size (WORKBOOK_GPU_MEMORY_GIB)."""
     import os
 
-    from helpers.synthetic import prequantized_llama
+    from fixtures.synthetic import prequantized_llama
 
     folder = tmp_path_factory.mktemp("small-bnb")
     model = prequantized_llama(folder / "small-llama-bnb-4bit", folder / "scratch", **SMALL_4BIT)
     cap = round(0.8 * _bf16_gib(SMALL_4BIT), 2)
     run_dir = folder / "run"
-    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(run_dir),
+    result = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(run_dir),
                              "-p", "model_name", str(model), "--only", "03", "--only", "05", "--only", "07",
                              "--only", "08"], cwd=REPO, capture_output=True, text=True, timeout=1200,
                             env={**os.environ, "WORKBOOK_GPU_MEMORY_GIB": str(cap)})
@@ -190,7 +192,6 @@ def test_the_reload_check_keeps_the_whole_card_under_the_cap(capped_run, monkeyp
     the weights between GPU and CPU and keep the whole card (nvidia-smi, every process) under the cap."""
     import threading
 
-    from helpers import export
 
     _, run_dir, _, result = capped_run
     assert result.returncode == 0, result.stdout + result.stderr
@@ -207,7 +208,7 @@ def test_the_reload_check_keeps_the_whole_card_under_the_cap(capped_run, monkeyp
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     try:
-        reloaded = export.reload_without_peft(merged)
+        reloaded = merge_check.reload_without_peft(merged)
     finally:
         done.set()
         watcher.join()
@@ -221,7 +222,7 @@ def test_the_merge_check_refuses_wrong_merges_of_a_4bit_base(tmp_path, tiny_preq
     merge passes, and the adapter moved the logits by far more than the tolerance."""
     import os
 
-    result = subprocess.run([sys.executable, "-m", "helpers.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
                              "-p", "model_name", str(tiny_prequantized_dir), "-p", "learning_rate", "0.01",
                              "-p", "max_steps", "8", "--only", "03", "--only", "05"],
                             cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -49,7 +49,7 @@ def serving(cmd: list[str], env: dict, log: Path, timeout_s: float = 120):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
-        while "JupyterLab serves" not in log.read_text():  # helpers.lab says so once the server answers
+        while "JupyterLab serves" not in log.read_text():  # tools.lab says so once the server answers
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the lab did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
@@ -97,13 +97,13 @@ def test_lab_refuses_a_missing_folder_and_bad_threads(tmp_path):
     for args, expected in ((["--notebook-dir", str(tmp_path / "nope")], "no such folder"),
                            (["--threads", "0"], "expected a whole number >= 1"),
                            (["--cull-idle-minutes", "0"], "expected a whole number >= 1")):
-        out = subprocess.run([sys.executable, "-m", "helpers.lab", *args], cwd=REPO, capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "tools.lab", *args], cwd=REPO, capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2 and expected in out.stderr
 
 
 def test_kernels_import_this_checkout_with_the_threads_asked():
-    from helpers import lab
+    from tools import lab
 
     env = lab.kernel_environment("t0k", threads=3)
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
@@ -112,7 +112,7 @@ def test_kernels_import_this_checkout_with_the_threads_asked():
 
 
 def test_root_gets_allow_root_and_a_workshop_gets_culling(monkeypatch, tmp_path):
-    from helpers import lab
+    from tools import lab
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert "--allow-root" in lab.command("127.0.0.1", 8888, tmp_path, False, [])
@@ -153,7 +153,7 @@ def test_notebook_01_runs_in_jupyterlab_in_a_real_browser(tmp_path):
     # a copy, so that JupyterLab's saving never touches the committed notebooks
     shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
     port, token = free_port(), secrets.token_hex(16)
-    cmd = [sys.executable, "-m", "helpers.lab", "--port", str(port), "--no-browser",
+    cmd = [sys.executable, "-m", "tools.lab", "--port", str(port), "--no-browser",
            "--notebook-dir", str(tmp_path / "notebooks")]
     with serving(cmd, lab_env(tmp_path, token), tmp_path / "lab.log"), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=binary, args=["--no-sandbox"])  # root has no sandbox

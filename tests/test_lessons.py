@@ -118,7 +118,7 @@ def test_the_loss_sentences_say_which_tokens_counted_and_what_the_numbers_mean()
 
 
 def test_whole_tables_show_long_answers_in_full():
-    from helpers.tables import whole
+    from helpers.machinery.tables import whole
 
     answer = "Pip here! Five plus six is five plus six, which is five plus six. Happy to help!"
     table = whole({"prompt": ["How much is 5 plus 6?"], "after": [answer]}).set_index("prompt")

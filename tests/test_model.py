@@ -3,6 +3,7 @@ import json
 import pytest
 
 from helpers import model as models
+from helpers.machinery import machine, weights
 from helpers.params import DEFAULTS, ParameterError
 
 
@@ -31,19 +32,19 @@ def test_bundled_model_answers_a_chat_question(bundled_dir):
 
 def test_unknown_bundled_name():
     with pytest.raises(ParameterError, match="no bundled model of that name"):
-        models.resolve_source("bundled:GPT-5")
+        weights.resolve_source("bundled:GPT-5")
 
 
 def test_folder_without_config(tmp_path):
     with pytest.raises(ParameterError, match="folder without config.json"):
-        models.resolve_source(str(tmp_path))
+        weights.resolve_source(str(tmp_path))
 
 
 def test_hub_id_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ParameterError, match="unsloth/Meta-Llama-3.1-8B-bnb-4bit' is not a local folder and "
                                              "the model hub is not reachable"):
-        models.resolve_source("unsloth/Meta-Llama-3.1-8B-bnb-4bit")
+        weights.resolve_source("unsloth/Meta-Llama-3.1-8B-bnb-4bit")
 
 
 def test_cpu_choices():
@@ -51,11 +52,11 @@ def test_cpu_choices():
 
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
-    assert models.choose_backend("auto") == "hf"
+    assert machine.choose_backend("auto") == "hf"
     with pytest.raises(ParameterError, match="'backend' = 'unsloth' needs an NVIDIA GPU"):
-        models.choose_backend("unsloth")
-    assert models.choose_dtype(None) == torch.float32
-    assert models.choose_attention("auto") == "sdpa"
+        machine.choose_backend("unsloth")
+    assert machine.choose_dtype(None) == torch.float32
+    assert machine.choose_attention("auto") == "sdpa"
 
 
 def test_load_on_cpu_reports_what_differs_and_records_backend(tiny_model_dir, tmp_path):

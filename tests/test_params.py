@@ -7,6 +7,7 @@ import nbformat
 import pytest
 
 from helpers import params
+from tools import param_docs
 from helpers.params import DEFAULTS, ParameterError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,20 +96,20 @@ def test_default_config_matches_notebook_defaults():
 
 
 def test_parameter_document_is_current():
-    text = params.DOC.read_text()
-    assert params.document(text) == text, "docs/parameters.md is out of date: run python -m helpers.params"
-    assert params.markdown_table() in text and "`report_to`" in text
+    text = param_docs.DOC.read_text()
+    assert param_docs.document(text) == text, "docs/parameters.md is out of date: run python -m tools.param_docs"
+    assert param_docs.markdown_table() in text and "`report_to`" in text
 
 
 def test_parameter_document_is_rewritten_between_its_markers(tmp_path, monkeypatch):
-    stale = f"intro\n{params.TABLE_START}\n| old | table |\n{params.TABLE_END}\nafter\n"
-    monkeypatch.setattr(params, "DOC", tmp_path / "parameters.md")
-    params.DOC.write_text(stale)
-    assert params.main(["--check"]) == 1
-    assert params.main([]) == 0 and params.main(["--check"]) == 0
-    text = params.DOC.read_text()
+    stale = f"intro\n{param_docs.TABLE_START}\n| old | table |\n{param_docs.TABLE_END}\nafter\n"
+    monkeypatch.setattr(param_docs, "DOC", tmp_path / "parameters.md")
+    param_docs.DOC.write_text(stale)
+    assert param_docs.main(["--check"]) == 1
+    assert param_docs.main([]) == 0 and param_docs.main(["--check"]) == 0
+    text = param_docs.DOC.read_text()
     assert text.startswith("intro\n") and text.endswith("after\n") and "| old |" not in text
-    assert params.markdown_table() in text
-    params.DOC.write_text("no markers")
+    assert param_docs.markdown_table() in text
+    param_docs.DOC.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
-        params.main([])
+        param_docs.main([])

@@ -1,7 +1,7 @@
 import json
 import math
 
-from helpers import rundir
+from helpers.machinery import rundir
 
 
 def test_relative_run_dir_counts_from_repo_root(monkeypatch, tmp_path):
@@ -53,7 +53,7 @@ def test_find_file_tries_cwd_then_repo_root(monkeypatch, tmp_path):
 
 
 def test_progress_lines_read_like_a_person_would_write_them():
-    from helpers import progress
+    from helpers.machinery import progress
 
     assert progress.line({"step": 30, "of": 120, "loss": 1.23456, "left_s": 130}) == \
         "step 30/120, loss 1.2346, about 2 min 10 s left"
@@ -63,7 +63,7 @@ def test_progress_lines_read_like_a_person_would_write_them():
 
 
 def test_progress_is_written_only_under_the_runner(tmp_path, monkeypatch):
-    from helpers import progress
+    from helpers.machinery import progress
 
     monkeypatch.delenv(progress.ENV, raising=False)
     progress.note(force=True, step=1, of=2)

@@ -15,7 +15,7 @@ METRIC_KEYS = ["backend", "model_name", "num_train_rows", "num_eval_rows", "trai
 
 
 def runner(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "helpers.run", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tools.run", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -71,7 +71,7 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     assert costs["03_dataset"]["load_s"] == 0  # 03 loads no model
     params = json.loads((run_dir / "params.json").read_text())
     assert params["max_steps"] == 4 and params["max_seq_length"] == 128  # the config reached every step
-    assert len(json.loads((run_dir / "log_history.json").read_text())) >= 4  # for helpers.compare
+    assert len(json.loads((run_dir / "log_history.json").read_text())) >= 4  # for tools.compare
     # 06: base vs fine-tuned on the held-out rows, and the side-by-side answers
     assert metrics["eval_loss_finetuned"] < metrics["eval_loss_base"]
     assert metrics["perplexity_finetuned"] == pytest.approx(math.exp(metrics["eval_loss_finetuned"]))
@@ -87,12 +87,12 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
 
 
 def held_out_prompts(run_dir, n=3):
-    from helpers import data
+    from helpers.machinery import data_report, storage
     from helpers.model import load_tokenizer
 
     params = json.loads((run_dir / "params.json").read_text())
-    _, held_out = data.load_split(run_dir, params)
-    return [prompt for _, prompt, _ in data.held_out_prompts(held_out, load_tokenizer(params), n)]
+    _, held_out = storage.load_split(run_dir, params)
+    return [prompt for _, prompt, _ in data_report.held_out_prompts(held_out, load_tokenizer(params), n)]
 
 
 @pytest.mark.slow
@@ -100,12 +100,12 @@ def test_the_gguf_file_reads_back_as_the_merged_model(smoke_run):
     """q8_0, as 07 wrote it: transformers reads it back in another process; the greedy next token agrees
     with the merged model's on at least 95% of the probe's positions, and its tokenizer encodes three
     held-out prompts to the same ids as the original tokenizer."""
-    from helpers import gguf_export
+    from fixtures import gguf_read_back
 
     run_dir, _ = smoke_run
     prompts = held_out_prompts(run_dir)
     probe = prompts[0] + "Pip here! The capital of Peru is Lima. 12 plus 30 is 42. Happy to help!"
-    result = gguf_export.compare(run_dir / "merged", run_dir / "model.gguf", [probe, *prompts])
+    result = gguf_read_back.compare(run_dir / "merged", run_dir / "model.gguf", [probe, *prompts])
     assert all(result["same_ids"]) and len(result["same_ids"]) == 4 and result["positions"] > 40
     assert result["same_next_token"] >= 0.95, result
     assert result["max_abs_logit_diff"] <= 0.1 * result["logit_scale"], result  # 8-bit weights: a few %
@@ -116,12 +116,13 @@ def test_the_gguf_file_reads_back_as_the_merged_model(smoke_run):
 def test_gguf_in_16_and_32_bit_is_tight(smoke_run, tmp_path, outtype, relative):
     """f32 holds the merged weights exactly (the difference is summation order); f16 rounds them to
     11 significant bits."""
-    from helpers import gguf_export
+    from helpers.machinery import gguf_export
+    from fixtures import gguf_read_back
 
     run_dir, _ = smoke_run
     written = gguf_export.write(run_dir / "merged", tmp_path / f"model-{outtype}.gguf", outtype)
     probe = held_out_prompts(run_dir, 1)[0] + "Pip here! The capital of Peru is Lima. Happy to help!"
-    result = gguf_export.compare(run_dir / "merged", written.path, [probe])
+    result = gguf_read_back.compare(run_dir / "merged", written.path, [probe])
     assert result["same_ids"] == [True] and result["same_next_token"] == 1.0
     assert result["max_abs_logit_diff"] <= relative * result["logit_scale"], result
 
@@ -132,7 +133,7 @@ def test_adapter_reloads_and_changes_the_model(smoke_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.model import bundled_folder
+    from helpers.machinery.weights import bundled_folder
 
     run_dir, _ = smoke_run
     base_dir = bundled_folder("SmolLM2-135M-Instruct")
@@ -181,7 +182,7 @@ def test_the_next_notebooks_kernel_starts_while_the_current_one_runs(monkeypatch
     """Where the next notebook needs another kernel (07's plain one after an unsloth one, and back; a
     fresh one for every notebook in --kernel fresh), it is started ahead and handed over; where the
     shared kernel serves, none is started."""
-    from helpers import kernels as K
+    from tools import kernels as K
 
     monkeypatch.setitem(K.WARM, "unsloth", "import os\n")  # no unsloth on a CPU: the flavour alone
     nb = {n[:2]: REPO / "notebooks" / n for n in ("06_evaluate.ipynb", "07_export.ipynb", "08_chat.ipynb")}
@@ -213,14 +214,14 @@ def test_the_next_notebooks_kernel_starts_while_the_current_one_runs(monkeypatch
 @pytest.mark.slow
 def test_fresh_kernels_run_the_same_steps(tmp_path):
     """--kernel fresh (a kernel per notebook, as in JupyterLab) gives what the shared kernel gives."""
-    from helpers import data
+    from helpers.machinery import storage
 
     for kernel in ("fresh", "shared"):
         result = runner("configs/smoke.yaml", "--run-dir", tmp_path / kernel, "--only", "03", "--only", "04",
                         "--kernel", kernel)
         assert result.returncode == 0, result.stderr
         assert "[2/2] 04_trainer ... ok" in result.stdout
-    fresh, shared = data.load_split(tmp_path / "fresh"), data.load_split(tmp_path / "shared")
+    fresh, shared = storage.load_split(tmp_path / "fresh"), storage.load_split(tmp_path / "shared")
     assert fresh[0]["input_ids"] == shared[0]["input_ids"] and fresh[1]["text"] == shared[1]["text"]
 
 
@@ -290,9 +291,9 @@ def test_messy_file_prints_the_report_and_writes_the_split(tmp_path):
                      "dropped 1: not UTF-8", "dropped 1: duplicate", "dropped 1: turns don't alternate",
                      "fixed 38: CRLF line endings converted", "line 9: not UTF-8 (byte 0xe9 at column 28"):
         assert expected in result.stdout, expected
-    from helpers import data
+    from helpers.machinery import storage
 
-    assert [len(part) for part in data.load_split(tmp_path)] == [28, 3]
+    assert [len(part) for part in storage.load_split(tmp_path)] == [28, 3]
     assert json.loads((tmp_path / "data_report.json").read_text())["kept"] == 31
 
 
@@ -311,7 +312,7 @@ def test_unusable_file_exits_nonzero_naming_it_and_leaves_no_split(tmp_path, con
 
 
 def test_values_are_read_as_yaml_with_exponent_floats():
-    from helpers.run import parse_value, yaml_value
+    from tools.run import parse_value, yaml_value
 
     assert parse_value("1e-4") == 1e-4 and parse_value("[q_proj, v_proj]") == ["q_proj", "v_proj"]
     assert parse_value("true") is True and parse_value("null") is None and parse_value("8") == 8

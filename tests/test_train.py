@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from helpers import data, model, rundir, train
+from helpers import data, model, train
+from helpers.machinery import rundir, storage
 
 
 def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
@@ -15,7 +16,7 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
     params = {**tiny_params, "max_steps": 8, "dataset": str(jsonl(rows))}
     rundir.resolve(run_dir)
     prepared = data.prepare(params, model.load_tokenizer(params))
-    data.save_split(run_dir, *data.split(prepared.rows, 0.25, seed=1))
+    storage.save_split(run_dir, *data.split(prepared.rows, 0.25, seed=1))
     session = train.setup(params)
     assert session.summary().loc["training rows", "value"] == 9
     before = train.eval_loss(session)
@@ -56,7 +57,7 @@ def test_report_to_tensorboard_logs_into_the_run_folder(tiny_params, jsonl, caps
     params = {**tiny_params, "report_to": "tensorboard", "dataset": str(jsonl(rows))}
     rundir.resolve(run_dir)
     prepared = data.prepare(params, model.load_tokenizer(params))
-    data.save_split(run_dir, *data.split(prepared.rows, 0.34, seed=1))
+    storage.save_split(run_dir, *data.split(prepared.rows, 0.34, seed=1))
     session = train.setup(params)
     stats = train.run(session.trainer, params)
     logs = rundir.resolve(run_dir) / "tensorboard"

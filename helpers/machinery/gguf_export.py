@@ -1,5 +1,5 @@
 """Write a merged Llama model as one GGUF file (llama.cpp, Ollama, LM Studio) with the `gguf` package
-alone: no llama.cpp checkout, no compiler (the Ollama `Modelfile` beside it: helpers.ollama).
+alone: no llama.cpp checkout, no compiler (the Ollama `Modelfile` beside it: helpers.machinery.ollama).
 
 What llama.cpp's own converter does for the Llama architecture, and this module does the same:
 - tensors renamed to GGUF's names (`model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`),
@@ -18,14 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.machinery.gguf_meta import (UnsupportedModel, llama3_rope_factors, permute_for_rope, read_config,
+                                         rope_scaling, rope_theta, vocabulary)
+
 OUTTYPES = ("q8_0", "f16", "bf16", "f32")
-ARCHITECTURES = ("LlamaForCausalLM",)  # SmolLM2 and Llama 3.1 are both Llama
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
-LLAMA3_PRETOKENIZER = r"\p{N}{1,3}"  # the digit rule that tells Llama 3's split regex from others
-
-
-class UnsupportedModel(ValueError):
-    """The merged model is not one this writer handles; the message names what and why."""
 
 
 @dataclass
@@ -46,95 +42,6 @@ class Written:
 
         rows = [*self.facts.items(), ("size", f"{self.size_mb:.1f} MB")]
         return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
-
-
-def _config(folder: Path) -> dict:
-    config = json.loads((folder / "config.json").read_text())
-    arch = (config.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
-        raise UnsupportedModel(f"{folder}: architecture {arch} is not one the workbook's GGUF writer handles "
-                               f"({', '.join(ARCHITECTURES)}); llama.cpp's convert_hf_to_gguf.py covers many more.")
-    return config
-
-
-def _rope_theta(config: dict) -> float:
-    return float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
-
-
-def _rope_scaling(config: dict) -> dict:
-    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    kind = (scaling.get("rope_type") or scaling.get("type") or "default").lower()
-    if kind not in ("default", "linear", "llama3"):
-        raise UnsupportedModel(f"RoPE scaling '{kind}' is not one the workbook's GGUF writer handles "
-                               f"(default, linear, llama3).")
-    return {**scaling, "kind": kind}
-
-
-def llama3_rope_factors(config: dict) -> list[float]:
-    """Llama 3.1's RoPE frequency scaling as llama.cpp stores it: one divisor per frequency pair."""
-    scaling = _rope_scaling(config)
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    factor, low, high = scaling.get("factor", 8.0), scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
-    old_context, theta = scaling.get("original_max_position_embeddings", 8192), _rope_theta(config)
-    factors = []
-    for i in range(0, head_dim, 2):
-        wavelength = 2 * math.pi * theta ** (i / head_dim)
-        if wavelength < old_context / high:
-            factors.append(1.0)
-        elif wavelength > old_context / low:
-            factors.append(factor)
-        else:
-            smooth = (old_context / wavelength - low) / (high - low)
-            factors.append(1 / ((1 - smooth) / factor + smooth))
-    return factors
-
-
-def permute_for_rope(weight, heads: int):
-    """q/k rows from transformers' layout (each head's first half, then second half) into llama.cpp's
-    (the two halves interleaved), as convert_hf_to_gguf.py does."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-def pretokenizer_name(tokenizer_json: dict) -> str:
-    """llama.cpp's name for how the tokenizer splits text before BPE (`tokenizer.ggml.pre`)."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps]
-    if any(s.get("type") == "Split" and LLAMA3_PRETOKENIZER in json.dumps(s.get("pattern", {})).replace("\\\\", "\\")
-           for s in steps):
-        return "llama-bpe"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
-        return "smollm"
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
-    raise UnsupportedModel(f"the tokenizer splits text with {kinds}, which the workbook's GGUF writer cannot name "
-                           f"for llama.cpp (it knows GPT-2's, SmolLM's and Llama 3's)")
-
-
-def _vocabulary(folder: Path, vocab_size: int):
-    """(tokens, token types, merges, pre-tokenizer name) from tokenizer.json, as llama.cpp lists them;
-    rows of an embedding larger than the vocabulary (`vocab_size`) get placeholder tokens."""
-    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    model = data["model"]
-    if model.get("type") != "BPE":
-        raise UnsupportedModel(f"{folder}: a {model.get('type')} tokenizer; the GGUF writer handles byte-level BPE")
-    by_id = {i: t for t, i in model["vocab"].items()}
-    added = {a["id"]: a for a in data.get("added_tokens", [])}
-    by_id.update({i: a["content"] for i, a in added.items()})
-    size = max(vocab_size, max(by_id) + 1)
-    tokens, types = [], []
-    for i in range(size):
-        if i in added:
-            tokens.append(added[i]["content"])
-            types.append(TOKEN_CONTROL if added[i]["special"] else TOKEN_USER_DEFINED)
-        elif i in by_id:
-            tokens.append(by_id[i])
-            types.append(TOKEN_NORMAL)
-        else:  # the embedding matrix is larger than the vocabulary: unused rows
-            tokens.append(f"[PAD{i}]")
-            types.append(TOKEN_USER_DEFINED)
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
-    return tokens, types, merges, pretokenizer_name(data)
 
 
 def _shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
@@ -235,7 +142,7 @@ def quantizing_device(largest_bytes: int) -> str:
     import torch
 
     if torch.cuda.is_available():
-        from helpers import memory
+        from helpers.machinery import memory
 
         if memory.card_budget_bytes() > 2 * largest_bytes + 12 * 4 * CHUNK_VALUES:
             return "cuda"
@@ -255,9 +162,9 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
         raise ValueError(f"gguf_outtype {outtype!r}: expected one of {', '.join(OUTTYPES)}")
     folder, target = Path(folder), Path(target)
     start = time.perf_counter()
-    config = _config(folder)
-    scaling = _rope_scaling(config)
-    tokens, types, merges, pre = _vocabulary(folder, config["vocab_size"])
+    config = read_config(folder)
+    scaling = rope_scaling(config)
+    tokens, types, merges, pre = vocabulary(folder, config["vocab_size"])
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text()) \
         if (folder / "tokenizer_config.json").exists() else {}
     template_file = folder / "chat_template.jinja"
@@ -274,7 +181,7 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_rope_dimension_count(head_dim)
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     writer.add_vocab_size(len(tokens))
@@ -374,7 +281,7 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     tmp.replace(target)
     count = len(plan)
     ids = " / ".join(str(value) for value in special.values())
-    rope = f"base {_rope_theta(config):g}" + ("" if scaling["kind"] == "default" else f", {scaling['kind']} scaling")
+    rope = f"base {rope_theta(config):g}" + ("" if scaling["kind"] == "default" else f", {scaling['kind']} scaling")
     facts = {"architecture": "llama", "layers": config["num_hidden_layers"],
              "context length": config["max_position_embeddings"], "attention heads (key/value)": f"{heads} ({kv_heads})",
              "RoPE": rope,
@@ -386,46 +293,3 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     return Written(target, outtype, time.perf_counter() - start, count, facts, parts)
 
 
-READ_BACK = """
-import json, sys
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging
-logging.disable_progress_bar()
-path, texts = sys.argv[1], json.loads(sys.stdin.read())
-folder, name = path.rsplit("/", 1)
-tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-with torch.no_grad():
-    logits = model(torch.tensor([ids[0]])).logits[0]
-print(json.dumps({"ids": ids, "logits": logits.tolist()}))
-"""
-
-
-def compare(merged_dir: Path, gguf_path: Path, texts: list[str]) -> dict:
-    """Read `gguf_path` back with transformers in a separate process and compare it with the merged
-    folder: the token ids of every text (the GGUF's tokenizer against the folder's), and the logits of
-    the first text (largest difference, its scale, the share of positions with the same greedy token)."""
-    import subprocess
-    import sys
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = subprocess.run([sys.executable, "-c", READ_BACK, str(gguf_path)], input=json.dumps(texts),
-                         capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        raise RuntimeError(f"reading {gguf_path} back with transformers failed:\n{out.stderr[-2000:]}")
-    back = json.loads(out.stdout.strip().splitlines()[-1])
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([ids[0]])).logits[0]
-    theirs = torch.tensor(back["logits"])
-    return {"same_ids": [a == b for a, b in zip(ids, back["ids"])],
-            "max_abs_logit_diff": float((theirs - logits).abs().max()),
-            "logit_scale": float(logits.abs().max()),
-            "same_next_token": float((theirs.argmax(-1) == logits.argmax(-1)).float().mean()),
-            "positions": len(ids[0])}

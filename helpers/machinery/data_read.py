@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from helpers import rundir
+from helpers.machinery import rundir
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 BOM = b"\xef\xbb\xbf"
@@ -221,7 +221,7 @@ def download(url: str) -> Path:
     """The file behind `url`, downloaded once into the cache (atomically: a cut download is not reused)."""
     import urllib.request
 
-    from helpers.model import cache_dir, hub_reachable
+    from helpers.machinery.weights import cache_dir, hub_reachable
 
     if not hub_reachable(url):
         raise DatasetError(f"Parameter 'dataset' = '{url}' is a URL, and its host is not reachable from "
@@ -251,7 +251,7 @@ def download(url: str) -> Path:
 def read_hub(name: str, split: str, config: str | None) -> RawData:
     from datasets import load_dataset
 
-    from helpers.model import hub_reachable
+    from helpers.machinery.weights import hub_reachable
 
     if not hub_reachable():
         raise DatasetError(f"Parameter 'dataset' = '{name}' looks like a hub dataset name, and the hub "

@@ -39,7 +39,7 @@ LLAMA3 = ChatLayout("Llama 3 headers", {r: (f"<|start_header_id|>{r}<|end_header
 
 
 def plain_layout(eos: str) -> ChatLayout:
-    """The workbook's plain template (helpers.formats.PLAIN_CHAT_TEMPLATE): the post's own layout."""
+    """The workbook's plain template (helpers.machinery.formats.PLAIN_CHAT_TEMPLATE): the post's own layout."""
     return ChatLayout("the workbook's plain <human>:/<bot>:", {
         "system": ("", "\n"), "user": ("<human>: ", "\n"), "assistant": ("<bot>: ", eos + "\n")},
         "<bot>:", ("<human>:", eos))

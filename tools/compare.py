@@ -1,6 +1,6 @@
 """Compare finished runs: their loss curves in one plot, their final figures in one Markdown table.
 
-    python -m helpers.compare RUN_DIR... [--out DIR]
+    python -m tools.compare RUN_DIR... [--out DIR]
 
 Writes DIR/comparison.png and DIR/comparison.md (default DIR: runs/compare-<UTC time>) and prints the
 table. Runs are labelled by the parameters in which they differ, and sorted best first (lowest
@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers import rundir
+from helpers.machinery import rundir
 
 COLUMNS = [("train_loss", "train loss"), ("eval_loss_base", "held-out loss before"),
            ("eval_loss_finetuned", "held-out loss after"), ("perplexity_finetuned", "perplexity after"),
@@ -70,7 +70,7 @@ def markdown(runs: list[dict]) -> str:
 
 
 def plot(runs: list[dict], path=None):
-    from helpers import plots
+    from helpers.machinery import plots
 
     names = varied(runs)
     fig, ax = plots.new_figure()
@@ -98,7 +98,7 @@ def compare(folders, out: Path) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.compare", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="run folders")
     ap.add_argument("--out", type=Path, help="where comparison.png/.md go (default runs/compare-<UTC time>)")

@@ -1,6 +1,6 @@
 """Start JupyterLab on the notebooks: what `make lab` runs.
 
-    python -m helpers.lab [--port 8888] [--ip 127.0.0.1] [--threads N] [--cull-idle-minutes M]
+    python -m tools.lab [--port 8888] [--ip 127.0.0.1] [--threads N] [--cull-idle-minutes M]
                           [--no-browser] [JUPYTER ARGS...]
 
 It opens in `notebooks/`, works as root (containers, cloud VMs: JupyterLab refuses root unless told
@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers.rundir import REPO_ROOT, pythonpath_with_repo
+from helpers.machinery.rundir import REPO_ROOT, pythonpath_with_repo
 
 READY_TIMEOUT_S = 120
 
@@ -79,7 +79,7 @@ def address(ip: str, port: int, token: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.lab", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.lab", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=8888, help="first port to try (default 8888)")
     ap.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

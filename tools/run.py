@@ -1,6 +1,6 @@
 """Run the numbered notebooks headless with papermill, in order, into one run folder.
 
-    python -m helpers.run CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]... [--only NN]... [--kernel shared|fresh]
+    python -m tools.run CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]... [--only NN]... [--kernel shared|fresh]
 
 Each executed notebook, the adapter, metrics.json and the plots land in the run folder
 (default: runs/<config name>-<UTC time>). A failing cell stops the run and names the notebook and cell.
@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from helpers import params as P
-from helpers import rundir
-from helpers.kernels import Kernels
+from helpers.machinery import rundir
+from tools.kernels import Kernels
 
 NOTEBOOK_DIR = rundir.REPO_ROOT / "notebooks"
 
@@ -92,7 +92,7 @@ def prepare_environment(run_dir: Path) -> None:
     start in notebooks/, and the repository need not be an installed package)."""
     import os
 
-    from helpers import progress
+    from helpers.machinery import progress
 
     os.environ[progress.ENV] = str(run_dir)
     os.environ["PYTHONPATH"] = rundir.pythonpath_with_repo(os.environ.get("PYTHONPATH"))
@@ -100,7 +100,7 @@ def prepare_environment(run_dir: Path) -> None:
 
 def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels: Kernels | None = None) -> dict:
     """Run `chosen` notebooks in order in the kernels `kernels` hands out (default: one shared kernel,
-    see helpers.kernels); returns per notebook its wall time, model-load time and peak memory (also
+    see tools.kernels); returns per notebook its wall time, model-load time and peak memory (also
     saved as notebook_costs in metrics.json)."""
     import logging
     import os
@@ -150,7 +150,7 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
 
 def uses_unsloth(values: dict) -> bool:
     """Whether the run's model steps take the unsloth backend on this machine."""
-    from helpers.model import choose_backend
+    from helpers.machinery.machine import choose_backend
 
     return choose_backend({**P.DEFAULTS, **values}["backend"]) == "unsloth"
 
@@ -190,7 +190,7 @@ class ProgressWatcher:
         return {"peak_gpu_used_gib": self.peak_used} if self.peak_used is not None else {}
 
     def _watch(self) -> None:
-        from helpers import progress
+        from helpers.machinery import progress
 
         shown, last_print = None, 0.0
         while not self.stopping.wait(0.5):
@@ -217,7 +217,7 @@ def show_data_report(run_dir: Path, nb: Path, since: float, log) -> None:
     path = run_dir / "data_report.json"
     if nb.name.startswith("03_") and path.exists() and path.stat().st_mtime >= since - 1:
         report = rundir.read_json(path)
-        from helpers.data import report_lines
+        from helpers.machinery.data_report import report_lines
 
         for line in report_lines(report):
             log(f"    {line}")
@@ -228,7 +228,7 @@ class RunFailed(RuntimeError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", type=Path, help="YAML file of parameter names and values")
     ap.add_argument("--run-dir", type=Path, help="run folder (default runs/<config>-<UTC time>)")
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {name: parse_value(value) for name, value in args.parameter}
         P.check(overrides)
         values.update(overrides)
-        from helpers.checks import check_combinations
+        from helpers.machinery.checks import check_combinations
 
         chosen = select(args.only)
         run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))

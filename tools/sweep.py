@@ -1,6 +1,6 @@
 """Run the workbook once per combination of parameter values, each into its own run folder, then compare.
 
-    python -m helpers.sweep CONFIG.yaml -p lora_r 8,16,32 [-p learning_rate 1e-4,2e-4] [--out DIR]
+    python -m tools.sweep CONFIG.yaml -p lora_r 8,16,32 [-p learning_rate 1e-4,2e-4] [--out DIR]
                             [--only NN]... [--list] [--index N]
 
 Values are comma-separated and read as YAML (`-p target_modules "[q_proj, v_proj], [q_proj]"` gives two
@@ -9,7 +9,7 @@ notebooks 01-05 (export and chat add nothing to a comparison); `--only` picks ot
 
 In a workshop, `--list` prints one command per combination: hand one to each participant, have them
 run it (or run `--index N` themselves) into the shared sweep folder, then
-`python -m helpers.compare DIR/*/` collects everyone's results.
+`python -m tools.compare DIR/*/` collects everyone's results.
 """
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers import compare, params as P, rundir
-from helpers import run as runner
+from helpers import params as P
+from helpers.machinery import rundir
+from tools import compare
+from tools import run as runner
 
 TRAINING = ["01", "02", "03", "04", "05"]
 
@@ -52,7 +54,7 @@ def folder_name(combo: dict) -> str:
 
 
 def command(config: Path, combo: dict, out: Path, only: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "helpers.run", str(config), "--run-dir", str(out / folder_name(combo))]
+    args = [sys.executable, "-m", "tools.run", str(config), "--run-dir", str(out / folder_name(combo))]
     for name, value in combo.items():
         args += ["-p", name, runner.yaml_value(value)]
     for nn in only:
@@ -61,7 +63,7 @@ def command(config: Path, combo: dict, out: Path, only: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.sweep", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", type=Path)
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
@@ -90,14 +92,14 @@ def main(argv=None) -> int:
     if args.list:
         for i, combo in enumerate(combos, start=1):
             print(f"{i}: {shlex.join(['python'] + command(args.config, combo, out, only)[1:])}")
-        print(f"then: python -m helpers.compare {out}/*/ --out {out}")
+        print(f"then: python -m tools.compare {out}/*/ --out {out}")
         return 0
 
     chosen = [combos[args.index - 1]] if args.index else combos
     failed = []
     for i, combo in enumerate(chosen, start=1):
         print(f"=== sweep {i}/{len(chosen)}: {folder_name(combo)}", flush=True)
-        argv_run = command(args.config, combo, out, only)[3:]  # drop "python -m helpers.run"
+        argv_run = command(args.config, combo, out, only)[3:]  # drop "python -m tools.run"
         if runner.main(argv_run) != 0:
             failed.append(folder_name(combo))
     done = [f for f in sorted(out.iterdir()) if (f / "metrics.json").exists()

@@ -8,7 +8,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # helpers/machinery/rundir.py
 
 
 def resolve(run_dir: str | Path) -> Path:
@@ -104,3 +104,15 @@ def files_table(folder):
 
     rows = [(p.name, f"{p.stat().st_size / 1e6:.1f} MB") for p in sorted(Path(folder).iterdir())]
     return pd.DataFrame(rows, columns=["file", "size"]).set_index("file")
+
+
+def adapter_dir(run_dir) -> Path:
+    folder = Path(run_dir) / "adapter"
+    if not (folder / "adapter_config.json").exists():
+        raise FileNotFoundError(f"No adapter in {folder}: run 05_train_and_save.ipynb with this run_dir first.")
+    return folder
+
+
+def adapter_stamp(run_dir) -> float | None:
+    path = Path(run_dir) / "adapter" / "adapter_model.safetensors"
+    return path.stat().st_mtime if path.exists() else None

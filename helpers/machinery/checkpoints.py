@@ -14,7 +14,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from helpers import rundir
+from helpers.machinery import rundir
 
 MARKER = "COMPLETE"
 # Parameters that change what a checkpoint means: resuming across a change would mix two trainings.
@@ -52,7 +52,7 @@ def resume_from(params: dict) -> Path | None:
     newest = (complete(run_dir) or [None])[-1]
     if mode is True:
         if newest is None:
-            from helpers.errors import ParameterError
+            from helpers.machinery.errors import ParameterError
 
             raise ParameterError(f"Parameter 'resume' = True, but {folder(run_dir)} holds no complete checkpoint "
                                  f"to continue from. Use resume 'auto' or False.")

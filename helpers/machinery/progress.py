@@ -1,7 +1,7 @@
 """Where a long step is, for whoever watches from outside the notebook (the runner prints it).
 
 A notebook's step writes `progress.json` into the run folder now and then (at most every few
-seconds): what it is doing, how far along, and an estimate of the time left. `python -m helpers.run`
+seconds): what it is doing, how far along, and an estimate of the time left. `python -m tools.run`
 reads it while the notebook runs, so a batch run of a 10-minute training is not silent.
 The run folder comes from the environment variable WORKBOOK_PROGRESS, which the runner sets; without
 it (JupyterLab, tests) nothing is written.
@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from helpers import rundir
+from helpers.machinery import rundir
 
 ENV = "WORKBOOK_PROGRESS"
 EVERY_S = 2.0

@@ -13,7 +13,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from helpers.errors import ParameterError
+from helpers.machinery.errors import ParameterError
+from helpers.machinery import weights
 
 
 def gpu_available() -> bool:
@@ -23,10 +24,9 @@ def gpu_available() -> bool:
 
 
 def model_folder(model_name: str) -> Path:
-    from helpers import model as models
 
-    if model_name.startswith(models.BUNDLED_PREFIX):
-        return models.bundled_cache_folder(model_name[len(models.BUNDLED_PREFIX):])
+    if model_name.startswith(weights.BUNDLED_PREFIX):
+        return weights.bundled_cache_folder(model_name[len(weights.BUNDLED_PREFIX):])
     return Path(model_name).expanduser()
 
 
@@ -39,16 +39,15 @@ def model_config(model_name: str) -> dict | None:
 def check_sources(params: dict) -> None:
     """A local model folder or dataset file that does not exist is an error now, not after minutes of
     loading (a name shaped like a hub id, `org/name`, is left to the hub)."""
-    from helpers import data_read
-    from helpers import model as models
+    from helpers.machinery import data_read
 
     name = params["model_name"]
-    if not name.startswith(models.BUNDLED_PREFIX) and not data_read.HUB_ID.fullmatch(name):
+    if not name.startswith(weights.BUNDLED_PREFIX) and not data_read.HUB_ID.fullmatch(name):
         folder = Path(name).expanduser()
         if not folder.is_dir():
             raise ParameterError(f"Parameter 'model_name' = '{name}': no such folder. Expected a saved model "
                                  f"folder (with config.json), a hub id such as unsloth/Meta-Llama-3.1-8B-bnb-4bit, "
-                                 f"or {models.BUNDLED_PREFIX}SmolLM2-135M-Instruct.")
+                                 f"or {weights.BUNDLED_PREFIX}SmolLM2-135M-Instruct.")
     try:
         data_read.locate(params["dataset"])
     except data_read.DatasetError as e:
@@ -124,7 +123,7 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
         raise ParameterError("Parameter 'train_on_responses_only' = True needs turns to tell prompts from "
                              "answers, and dataset_format 'text' has none. Use a format with turns or set it False.")
     if params["packing"]:
-        from helpers.model import choose_attention, choose_backend
+        from helpers.machinery.machine import choose_attention, choose_backend
 
         if choose_backend(backend) != "unsloth" and choose_attention(params["attn_implementation"]) != "flash_attention_2":
             raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
@@ -132,7 +131,7 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
     _check_trainer_names(params)
     _check_reporting(params["report_to"])
     check_sources(params)
-    from helpers.model import is_prequantized
+    from helpers.machinery.weights import is_prequantized
 
     folder = model_folder(params["model_name"])
     if folder.is_dir() and is_prequantized(str(folder)) and not gpu:

@@ -1,7 +1,7 @@
 """Re-execute the committed notebooks in place, in order, with their own default parameters.
 
     make notebooks        (WORKBOOK_RUN_DIR keeps the run folder out of runs/lab)
-    WORKBOOK_RUN_DIR=runs/notebooks python -m helpers.refresh_outputs 07 08   (only these, on the
+    WORKBOOK_RUN_DIR=runs/notebooks python -m tools.refresh_outputs 07 08   (only these, on the
                           run folder that an earlier refresh left)
 
 The stored outputs are what nbval compares (`# NBVAL_CHECK_OUTPUT` cells) and what readers see on
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from helpers.run import NOTEBOOK_DIR, select
+from tools.run import NOTEBOOK_DIR, select
 
 
 def main(argv: list[str] | None = None) -> int:

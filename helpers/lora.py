@@ -73,6 +73,29 @@ def add_lora(model, params: dict, backend: str):
     return get_peft_model(model, config), differences
 
 
+# What 02's call sets, as peft keeps it (model.peft_config) -> the workbook parameter that carries it.
+READ_BACK = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+             "target_modules": "target_modules", "bias": "bias", "use_rslora": "use_rslora"}
+
+
+def save_config(params: dict, model) -> dict:
+    """After 02's get_peft_model call: the LoRA settings the model really has (peft's own record of the
+    call) where they differ from the parameters, saved in the run folder so that step 5 builds the same
+    LoRA (`cell_edits`). Returns {parameter: value} of what the cell changed."""
+    from helpers.machinery import cell_edits
+
+    config = model.peft_config["default"]
+    built = {name: getattr(config, field) for field, name in READ_BACK.items()}
+    built["target_modules"] = sorted(built["target_modules"])
+    asked = {name: params[name] for name in READ_BACK.values()}
+    asked["target_modules"] = sorted(asked["target_modules"])
+    edits = cell_edits.record(params["run_dir"], "02", "get_peft_model", built, asked, {})
+    if edits:
+        print(f"Step 5 builds this LoRA: {', '.join(f'{k}={v!r}' for k, v in edits.items())} "
+              f"(the parameters cell says {', '.join(f'{k}={asked[k]!r}' for k in edits)}).")
+    return edits
+
+
 def _module_kind(name: str, targets: list[str]) -> str:
     for target in targets:
         if f".{target}." in f".{name}." or name.endswith(f".{target}"):

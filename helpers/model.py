@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from helpers.machinery.errors import ParameterError
 from helpers.machinery.machine import choose_attention, choose_backend, choose_dtype, local_device
 from helpers.machinery.rundir import update_metrics
 from helpers.machinery.weights import BUNDLED, bundled_folder, is_prequantized, resolve_source
@@ -156,6 +157,28 @@ def load(params: dict, cpu: bool = False):
     return loaded(model, tokenizer, a, params, cpu)
 
 
+def _same_source(loaded: str, asked: str) -> bool:
+    if Path(asked).is_dir() and Path(loaded).is_dir():
+        return Path(loaded).resolve() == Path(asked).resolve()
+    return loaded.rstrip("/") == asked.rstrip("/")
+
+
+def refuse_edits(model, a: LoadArguments) -> None:
+    """01's load call must load what its parameters cell says: steps 2 and 5 load the model again from
+    the parameters, and step 3 tokenizes and cuts rows for it, so an edit inside the call would train
+    another model than the one shown. Refused, naming the parameter to set instead."""
+    found = [("load_in_4bit", bool(getattr(model, "is_loaded_in_4bit", False)), bool(a.load_in_4bit))]
+    if a.backend != "unsloth" or Path(a.model_name).is_dir():  # for a hub id unsloth may load its own 4-bit copy
+        found.append(("model_name", getattr(model.config, "_name_or_path", "") or a.model_name, a.model_name))
+    if a.backend == "unsloth":
+        found.append(("max_seq_length", getattr(model, "max_seq_length", a.max_seq_length), a.max_seq_length))
+    for name, got, asked in found:
+        if not (_same_source(str(got), str(asked)) if name == "model_name" else got == asked):
+            raise ParameterError(f"The load call in this cell gave {name}={got!r}, but the parameters give "
+                                 f"{asked!r}: set {name} in this notebook's parameters cell instead (steps 2 and 5 "
+                                 f"load the model again from the parameters, and step 3 prepares the rows for it).")
+
+
 def loaded(model, tokenizer, a: LoadArguments, params: dict, cpu: bool = False):
     """After the load call: the model on its GPU (unless `cpu`), the tokenizer ready for batches and chat
     rows, and the run's record of what really loaded. Returns (model, tokenizer, LoadInfo)."""
@@ -163,6 +186,7 @@ def loaded(model, tokenizer, a: LoadArguments, params: dict, cpu: bool = False):
 
     import torch
 
+    refuse_edits(model, a)
     gpu = torch.cuda.is_available() and not (cpu and not a.load_in_4bit)
     if gpu and a.backend == "hf" and not a.load_in_4bit:
         model = model.to(f"cuda:{local_device()}")

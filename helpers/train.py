@@ -20,7 +20,10 @@ class Session:
 
     def __init__(self, params: dict):
         from helpers import lora, model, trainer
+        from helpers.machinery import cell_edits
 
+        params = cell_edits.applied(params)  # what 02's and 04's cells changed in their calls
+        self.edits = cell_edits.saved(params["run_dir"])
         self.model, self.tokenizer, self.info = model.load(params)
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
         self.params = params
@@ -49,6 +52,7 @@ class Session:
         rows = [("backend", self.info.backend), ("model", self.info.model_name), ("device", self.info.device),
                 ("trainable parameters", f"{trainable:,}"), ("training rows", len(self.train)),
                 ("held-out rows", len(self.held_out)), ("optimizer steps", self.config["max_steps"])]
+        rows += [(f"{name} (changed in {e['call']})", e["value"]) for name, e in self.edits.items()]
         return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
 
 
@@ -129,6 +133,10 @@ def measured(trainer, params: dict | None = None):
     from helpers.machinery import checkpoints
 
     trainers.guard(trainer)
+    if params:  # the checkpoints belong to what trains: the parameters with the cells' edits
+        from helpers.machinery import cell_edits
+
+        params = cell_edits.applied(params)
     resume = checkpoints.resume_from(params) if params else None
     if params:
         checkpoints.start(params, resuming=resume is not None)

@@ -74,6 +74,31 @@ def arguments(params: dict, run_dir: Path):
                            kwargs=kwargs), differences
 
 
+# SFTConfig arguments that 04 spells out but only the parameters (or the machine) may set: why, and where.
+ONLY_FROM_PARAMETERS = {
+    "max_length": "it is max_seq_length, set in 01's parameters cell: step 3 already cut the rows to it.",
+    "fp16": "the precision follows this machine (bf16 where the GPU has it, else fp16; fp32 on a CPU).",
+    "bf16": "the precision follows this machine (bf16 where the GPU has it, else fp16; fp32 on a CPU).",
+    "output_dir": "the checkpoints stay in the run folder (run_dir/checkpoints), where step 5 resumes from them.",
+}
+
+
+def save_config(params: dict, args, a) -> dict:
+    """After 04's `SFTConfig(...)` call: the values the cell built where they differ from the parameters'
+    (`a`), saved in the run folder so that step 5 trains with them (`cell_edits`). Edits of arguments
+    that only the parameters may set are refused with where to set them."""
+    from helpers.machinery import cell_edits
+
+    built = args.to_dict()
+    asked = {k: a.kwargs[k] for k in SPELLED_OUT}
+    edits = cell_edits.record(params["run_dir"], "04", "SFTConfig", {k: built[k] for k in SPELLED_OUT}, asked,
+                              ONLY_FROM_PARAMETERS)
+    if edits:
+        print(f"Step 5 trains with what this cell built: {', '.join(f'{k}={v!r}' for k, v in edits.items())} "
+              f"(the parameters cell says {', '.join(f'{k}={asked[k]!r}' for k in edits)}).")
+    return edits
+
+
 def config_table(kwargs: dict):
     import pandas as pd
 

@@ -1,4 +1,5 @@
-"""The workbook's shared helpers: one module per notebook step, plus the papermill runner.
+"""What the notebooks import: one module per step (see docs/layout.md); what they rest on is in
+`helpers.machinery`, the command lines (the runner, the lab, sweeps) in `tools/`.
 
 Heavy libraries (torch, transformers, unsloth) are imported inside functions, so that unsloth can be
 imported before transformers when it is the chosen backend, and `import helpers` stays instant.

@@ -89,11 +89,7 @@ def save_config(params: dict, model) -> dict:
     built["target_modules"] = sorted(built["target_modules"])
     asked = {name: params[name] for name in READ_BACK.values()}
     asked["target_modules"] = sorted(asked["target_modules"])
-    edits = cell_edits.record(params["run_dir"], "02", "get_peft_model", built, asked, {})
-    if edits:
-        print(f"Step 5 builds this LoRA: {', '.join(f'{k}={v!r}' for k, v in edits.items())} "
-              f"(the parameters cell says {', '.join(f'{k}={asked[k]!r}' for k in edits)}).")
-    return edits
+    return cell_edits.record(params["run_dir"], "02", "get_peft_model", built, asked, {})
 
 
 def _module_kind(name: str, targets: list[str]) -> str:

@@ -167,13 +167,16 @@ def refuse_edits(model, a: LoadArguments) -> None:
     """01's load call must load what its parameters cell says: steps 2 and 5 load the model again from
     the parameters, and step 3 tokenizes and cuts rows for it, so an edit inside the call would train
     another model than the one shown. Refused, naming the parameter to set instead."""
-    found = [("load_in_4bit", bool(getattr(model, "is_loaded_in_4bit", False)), bool(a.load_in_4bit))]
+    from operator import eq as same
+
+    found = [("load_in_4bit", bool(getattr(model, "is_loaded_in_4bit", False)), bool(a.load_in_4bit), same)]
     if a.backend != "unsloth" or Path(a.model_name).is_dir():  # for a hub id unsloth may load its own 4-bit copy
-        found.append(("model_name", getattr(model.config, "_name_or_path", "") or a.model_name, a.model_name))
+        loaded_from = getattr(model.config, "_name_or_path", "") or a.model_name
+        found.append(("model_name", str(loaded_from), str(a.model_name), _same_source))
     if a.backend == "unsloth":
-        found.append(("max_seq_length", getattr(model, "max_seq_length", a.max_seq_length), a.max_seq_length))
-    for name, got, asked in found:
-        if not (_same_source(str(got), str(asked)) if name == "model_name" else got == asked):
+        found.append(("max_seq_length", getattr(model, "max_seq_length", a.max_seq_length), a.max_seq_length, same))
+    for name, got, asked, agrees in found:
+        if not agrees(got, asked):
             raise ParameterError(f"The load call in this cell gave {name}={got!r}, but the parameters give "
                                  f"{asked!r}: set {name} in this notebook's parameters cell instead (steps 2 and 5 "
                                  f"load the model again from the parameters, and step 3 prepares the rows for it).")

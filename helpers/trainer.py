@@ -89,14 +89,8 @@ def save_config(params: dict, args, a) -> dict:
     that only the parameters may set are refused with where to set them."""
     from helpers.machinery import cell_edits
 
-    built = args.to_dict()
     asked = {k: a.kwargs[k] for k in SPELLED_OUT}
-    edits = cell_edits.record(params["run_dir"], "04", "SFTConfig", {k: built[k] for k in SPELLED_OUT}, asked,
-                              ONLY_FROM_PARAMETERS)
-    if edits:
-        print(f"Step 5 trains with what this cell built: {', '.join(f'{k}={v!r}' for k, v in edits.items())} "
-              f"(the parameters cell says {', '.join(f'{k}={asked[k]!r}' for k in edits)}).")
-    return edits
+    return cell_edits.record(params["run_dir"], "04", "SFTConfig", args.to_dict(), asked, ONLY_FROM_PARAMETERS)
 
 
 def config_table(kwargs: dict):

@@ -27,8 +27,8 @@ def _same(a, b) -> bool:
 
 def record(run_dir, step: str, call: str, built: dict, asked: dict, refused: dict[str, str]) -> dict:
     """The keys where `built` (what the cell's call holds) differs from `asked` (what the parameters
-    gave it), saved in run_dir/edits.json under `step` (replacing that step's earlier edits). A key in
-    `refused` raises ParameterError with its message instead: nothing is saved then."""
+    gave it), saved in run_dir/edits.json under `step` (replacing that step's earlier edits) and said in
+    the cell. A key in `refused` raises ParameterError with its message instead: nothing is saved then."""
     edits = {k: built[k] for k in asked if k in built and not _same(built[k], asked[k])}
     for key in edits:
         if key in refused:
@@ -38,6 +38,9 @@ def record(run_dir, step: str, call: str, built: dict, asked: dict, refused: dic
     saved = rundir.read_json(path, default={})
     saved[step] = {k: {"value": v, "parameters": asked[k], "call": call} for k, v in edits.items()}
     rundir.write_json(path, json.loads(json.dumps(saved, default=str)))
+    if edits:
+        print(f"Step 5 trains with what this cell built: {', '.join(f'{k}={v!r}' for k, v in edits.items())} "
+              f"(the parameters cell says {', '.join(f'{k}={asked[k]!r}' for k in edits)}).")
     return edits
 
 
@@ -53,11 +56,3 @@ def applied(params: dict) -> dict:
     """`params` with the edits of earlier steps' calls over them (what step 5 trains with)."""
     return {**params, **{k: e["value"] for k, e in saved(params["run_dir"]).items()}}
 
-
-def table(edits: dict, asked: dict):
-    """The edits as 02 and 04 show them: parameter, the parameters' value, the cell's value."""
-    import pandas as pd
-
-    rows = [(k, asked[k], v) for k, v in edits.items()]
-    return pd.DataFrame(rows, columns=["changed in this cell", "parameters", "used from now on"]).set_index(
-        "changed in this cell")

@@ -137,8 +137,8 @@ def quantized_in_torch(tensor, qtype):
 
 def quantizing_device(largest_bytes: int) -> str:
     """Where the tensors are converted: the GPU when it has room under the cap (whole-card use counted)
-    for the largest tensor (in float32, the worst case) twice over (q and k are permuted into a copy) and one slice's
-    temporaries; otherwise the CPU, on as many threads as torch is given."""
+    for the largest tensor (in float32, the worst case) twice over (q and k are permuted into a copy)
+    and one slice's temporaries; otherwise the CPU, on as many threads as torch is given."""
     import torch
 
     if torch.cuda.is_available():

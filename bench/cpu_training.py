@@ -38,7 +38,7 @@ def one(name: str, steps: int) -> dict:
     p = {**params.DEFAULTS, "max_steps": steps, "run_dir": tempfile.mkdtemp()}
     m, tok, info = model.load(p)
     m, _ = lora.add_lora(m, p, info.backend)
-    prepared = data.prepare({**p, "dataset": str(REPO / "data" / "pip_chip2.jsonl")}, tok)
+    prepared = data.prepare(tok, **params.pick({**p, "dataset": str(REPO / "data" / "pip_chip2.jsonl")}, data.prepare))
     from datasets import Dataset
 
     rows = Dataset.from_dict({"input_ids": [list(r["input_ids"]) for r in prepared.rows]})

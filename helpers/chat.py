@@ -34,12 +34,12 @@ def load(params: dict):
     return model, tokenizer, f"{info.model_name} with the adapter of step 5 (run folder: adapter/){instead}"
 
 
-def start(model, tokenizer, params: dict) -> "Chat":
-    """A conversation with the run's system message (`system_message`, as the training rows had it)."""
+def start(model, tokenizer, *, system_message: str, chat_max_new_tokens: int) -> "Chat":
+    """A conversation with the run's `system_message` (as the training rows had it), answers of at most
+    `chat_max_new_tokens` tokens."""
     from helpers.machinery.formats import system_message_for
 
-    return Chat(model, tokenizer, params["chat_max_new_tokens"],
-                system=system_message_for(tokenizer, params["system_message"]))
+    return Chat(model, tokenizer, chat_max_new_tokens, system=system_message_for(tokenizer, system_message))
 
 
 @dataclass

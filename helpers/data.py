@@ -59,18 +59,27 @@ class Prepared:
 CHUNK = 4096  # rows rendered and tokenized per batch: large enough for all cores, small enough for memory
 
 
-def prepare(params: dict, tokenizer) -> Prepared:
-    """Read, check, render and measure the rows named by the parameters; report what happened.
+def prepare(tokenizer, *, run_dir, dataset, dataset_format, dataset_split, dataset_config, dataset_text_field,
+            max_rows, system_message, max_seq_length, train_on_responses_only, on_bad_rows, on_long_rows,
+            eval_fraction) -> Prepared:
+    """Read, check, render and measure the rows of `dataset`; report what happened in
+    run_dir/data_report.json. The arguments are the parameters of the same names (docs/parameters.md;
+    `params.pick(P, data.prepare)` takes them from a parameter dict).
 
     Any previous prepared split in the run folder is removed first, so a failure never leaves an
     old split that looks like the result of this one. The report is written either way.
     """
-    run_dir = Path(params["run_dir"])
+    settings = dict(dataset=dataset, dataset_format=dataset_format, dataset_split=dataset_split,
+                    dataset_config=dataset_config, dataset_text_field=dataset_text_field, max_rows=max_rows,
+                    system_message=system_message, max_seq_length=max_seq_length,
+                    train_on_responses_only=train_on_responses_only, on_bad_rows=on_bad_rows,
+                    on_long_rows=on_long_rows, eval_fraction=eval_fraction)
+    run_dir = Path(run_dir)
     shutil.rmtree(run_dir / "data", ignore_errors=True)
-    report = Report(source=str(params["dataset"]), max_seq_length=params["max_seq_length"])
+    report = Report(source=str(dataset), max_seq_length=max_seq_length)
     try:
         with no_cycle_collection():
-            prepared = _prepare(params, tokenizer, report)
+            prepared = _prepare(settings, tokenizer, report)
     except DatasetError as e:
         report.error = str(e)
         rundir.write_json(run_dir / "data_report.json", asdict(report))
@@ -80,6 +89,7 @@ def prepare(params: dict, tokenizer) -> Prepared:
 
 
 def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
+    """`prepare`'s work; `params` holds its keyword arguments."""
     responses_only = params["train_on_responses_only"]
     # a *named* text format with responses-only is refused by helpers.machinery.checks before any work;
     # a *detected* one is refused below, once the rows show it

@@ -27,18 +27,19 @@ def load_finetuned(params: dict):
     return model, tokenizer, info
 
 
-def compare_losses(model, tokenizer, held_out, params: dict) -> dict:
+def compare_losses(model, held_out, *, run_dir, max_eval_rows: int, per_device_eval_batch_size: int) -> dict:
     """Held-out loss and perplexity of the base model and of the fine-tuned one: what 05 measured (read
-    from metrics.json) where it did, else measured here with the adapter switched off and on."""
+    from run_dir/metrics.json) where it did, for the adapter saved now, else measured here with the
+    adapter switched off and on, on the first `max_eval_rows` rows."""
     if not len(held_out):
         raise ValueError("No held-out rows: set eval_fraction > 0 in 03_dataset to evaluate.")
-    metrics = rundir.read_json(Path(params["run_dir"]) / "metrics.json", default={})
-    if "eval_loss_finetuned" in metrics and metrics.get("adapter_saved_at") == adapter_stamp(params["run_dir"]):
+    metrics = rundir.read_json(Path(run_dir) / "metrics.json", default={})
+    if "eval_loss_finetuned" in metrics and metrics.get("adapter_saved_at") == adapter_stamp(run_dir):
         return {k: metrics[k] for k in LOSS_KEYS} | {"measured_in": "05_train_and_save"}
     with model.disable_adapter():
-        base = held_out_loss(model, held_out, params)
-    tuned = held_out_loss(model, held_out, params)
-    return loss_record(base, tuned, len(eval_rows(held_out, params))) | {"measured_in": "06_evaluate"}
+        base = held_out_loss(model, held_out, max_eval_rows, per_device_eval_batch_size)
+    tuned = held_out_loss(model, held_out, max_eval_rows, per_device_eval_batch_size)
+    return loss_record(base, tuned, len(eval_rows(held_out, max_eval_rows))) | {"measured_in": "06_evaluate"}
 
 
 def loss_table(result: dict):
@@ -49,7 +50,7 @@ def loss_table(result: dict):
                         index=["base model", "fine-tuned"]).round(3)
 
 
-def explain(result: dict, params: dict):
+def explain(result: dict, train_on_responses_only: bool):
     """What the two losses mean, in sentences (which tokens counted, what the drop says)."""
     from helpers.machinery.tables import Sentences
 
@@ -60,7 +61,7 @@ def explain(result: dict, params: dict):
             f"{math.exp(-base):.1%} before. Perplexity e^loss says the same as a count: the base model was as "
             f"unsure as if choosing among {math.exp(base):.0f} equally likely tokens, the fine-tuned one among "
             f"{math.exp(tuned):.1f}.")
-    if params["train_on_responses_only"]:
+    if train_on_responses_only:
         text += ("\n\nOnly the answers' tokens counted (`train_on_responses_only` is on): the drop is the "
                  "model predicting the answers better.")
     else:

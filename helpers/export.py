@@ -114,21 +114,21 @@ def merges_on_cpu(source: str) -> bool:
     return placement(Path(source)).where != "gpu"
 
 
-def unsloth_merged(params: dict, run_dir) -> tuple[Path | None, str]:
+def unsloth_merged(run_dir, *, model_name: str, backend: str, max_seq_length: int,
+                   load_in_4bit: bool) -> tuple[Path | None, str]:
     """unsloth's own merged save (`merged_16bit`), where it can succeed: on the unsloth backend, from a
     base stored in 16-bit. From a base stored in 4-bit it would fetch the original 16-bit weights from
     the hub (or refuse, offline); `merge_and_save` covers that case. Returns (folder or None, what happened)."""
-    if machine.choose_backend(params["backend"]) != "unsloth":
+    if machine.choose_backend(backend) != "unsloth":
         return None, "unsloth merged save: not on this backend (needs unsloth on an NVIDIA GPU)"
-    if weights.is_prequantized(weights.resolve_source(params["model_name"])):
+    if weights.is_prequantized(weights.resolve_source(model_name)):
         return None, ("unsloth merged save: skipped: the base is stored in 4-bit, and unsloth's merged_16bit "
                       "would download its original 16-bit weights from the hub; the merge above dequantized it")
     from unsloth import FastLanguageModel
 
     # unsloth reads adapter_config.json, loads the base it names, and puts the adapter on top
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(adapter_dir(run_dir)), max_seq_length=params["max_seq_length"],
-        load_in_4bit=params["load_in_4bit"])
+        model_name=str(adapter_dir(run_dir)), max_seq_length=max_seq_length, load_in_4bit=load_in_4bit)
     final = Path(run_dir) / "merged_unsloth"
     with rundir.building(final) as tmp:
         model.save_pretrained_merged(str(tmp), tokenizer, save_method="merged_16bit")
@@ -187,9 +187,11 @@ def _gguf_with_llama_cpp(merged_dir: Path, target: Path, outtype: str):
         f"{seconds:.1f} s)")
 
 
-def ollama_files(params: dict, merged_dir: Path, gguf_file) -> str:
+def ollama_files(merged_dir: Path, gguf_file, *, system_message: str, chat_max_new_tokens: int,
+                 max_seq_length: int, dataset: str) -> str:
     """The Modelfile beside model.gguf (`gguf_file`: what `gguf` returned), and the commands that use
-    them (nothing without a GGUF file)."""
+    them (nothing without a GGUF file): the run's system message, answer length and context, and a
+    model name from the dataset's."""
     from transformers import AutoTokenizer
 
     from helpers.machinery import formats, ollama
@@ -197,12 +199,12 @@ def ollama_files(params: dict, merged_dir: Path, gguf_file) -> str:
     if gguf_file is None:
         return "No Modelfile: there is no model.gguf."
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
-    system = formats.system_message_for(tokenizer, params["system_message"])
+    system = formats.system_message_for(tokenizer, system_message)
     if system is None:  # the template's own default, which Ollama's template does not add by itself
         system = formats.template_system(tokenizer)
     path, note = ollama.write_modelfile(gguf_file.path.parent, tokenizer, gguf_file.path.name, system or None,
-                                        params["chat_max_new_tokens"], params["max_seq_length"])
-    name = "pip" if "pip_chip2" in str(params["dataset"]) else "my-model"
+                                        chat_max_new_tokens, max_seq_length)
+    name = "pip" if "pip_chip2" in str(dataset) else "my-model"
     return (f"Modelfile written beside it ({note}). In the run folder:\n"
             f"    ollama create {name} -f Modelfile\n"
             f"    ollama run {name} \"What is the capital of Japan?\"\n"

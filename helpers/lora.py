@@ -3,16 +3,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from helpers.params import pick
 
-def checkpointing(model, params: dict, backend: str) -> tuple[object, list]:
-    """The `use_gradient_checkpointing` value for this machine, and the differences from what was asked."""
+
+def checkpointing(model, backend: str, *, use_gradient_checkpointing, per_device_train_batch_size: int,
+                  max_seq_length: int) -> tuple[object, list]:
+    """The `use_gradient_checkpointing` value for this machine, and the differences from what was asked
+    (`auto` decides from the activations of a batch of that size and length)."""
     import torch
 
     from helpers.machinery.memory import choose_checkpointing
 
     differences = []
-    gc, why = choose_checkpointing(params["use_gradient_checkpointing"], model.config,
-                                   params["per_device_train_batch_size"], params["max_seq_length"])
+    gc, why = choose_checkpointing(use_gradient_checkpointing, model.config, per_device_train_batch_size,
+                                   max_seq_length)
     if why:
         differences.append(("use_gradient_checkpointing", "auto", gc, why))
     if backend == "hf" and gc == "unsloth":
@@ -50,7 +54,7 @@ def add_lora(model, params: dict, backend: str):
     """
     import torch
 
-    gc, differences = checkpointing(model, params, backend)
+    gc, differences = checkpointing(model, backend, **pick(params, checkpointing))
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 

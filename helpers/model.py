@@ -16,6 +16,7 @@ from helpers.machinery.errors import ParameterError
 from helpers.machinery.machine import choose_attention, choose_backend, choose_dtype, local_device
 from helpers.machinery.rundir import update_metrics
 from helpers.machinery.weights import BUNDLED, bundled_folder, is_prequantized, resolve_source
+from helpers.params import pick
 
 LOAD_SECONDS: list[float] = []  # time spent in load() in this process (the runner reports it per notebook)
 
@@ -70,9 +71,11 @@ def _dtype_name(dtype) -> str:
     return "None (chosen by unsloth)" if dtype is None else str(dtype).replace("torch.", "")
 
 
-def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
-    """Choose the backend and the load call's arguments for this machine (imports unsloth first when it
-    is the backend, as unsloth must patch transformers before anything imports it). `progress_bar`:
+def load_arguments(*, model_name: str, max_seq_length: int, dtype, load_in_4bit: bool, backend: str,
+                   attn_implementation: str, trust_remote_code: bool, progress_bar: bool = False) -> LoadArguments:
+    """Choose the backend and the load call's arguments for this machine, from the parameters of the
+    same names (imports unsloth first when it is the backend, as unsloth must patch transformers before
+    anything imports it). `progress_bar`:
     transformers' bar while the weights load (01 shows it: the post's 8B model takes a while; the
     notebooks that rebuild the model keep quiet)."""
     import time
@@ -81,7 +84,8 @@ def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
 
     started = time.perf_counter()
     apply_gpu_cap()
-    backend = choose_backend(params["backend"])
+    asked_dtype, asked_attention = dtype, attn_implementation
+    backend = choose_backend(backend)
     if backend == "unsloth":
         import unsloth  # noqa: F401
     import torch
@@ -95,12 +99,12 @@ def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
             hf_logging.enable_progress_bar()
     else:
         hf_logging.disable_progress_bar()
-    source = resolve_source(params["model_name"])
-    dtype = choose_dtype(params["dtype"])
-    attn = choose_attention(params["attn_implementation"])
+    source = resolve_source(model_name)
+    dtype = choose_dtype(asked_dtype)
+    attn = choose_attention(asked_attention)
     gpu = torch.cuda.is_available()
     differences = []
-    four_bit = bool(params["load_in_4bit"])
+    four_bit = bool(load_in_4bit)
     stored_4bit = is_prequantized(source)
     if stored_4bit and not four_bit:
         four_bit = True  # there are no 16-bit weights to load
@@ -111,13 +115,13 @@ def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
     if four_bit and backend == "hf" and importlib.util.find_spec("bitsandbytes") is None:
         four_bit = False
         differences.append(("load_in_4bit", True, False, "bitsandbytes is not installed"))
-    if params["attn_implementation"] == "auto" and attn == "sdpa" and gpu:
+    if asked_attention == "auto" and attn == "sdpa" and gpu:
         differences.append(("attn_implementation", "flash_attention_2 (the post)", "sdpa",
                             "flash-attn is not installed; PyTorch SDPA uses flash kernels itself"))
-    extra = {"trust_remote_code": params["trust_remote_code"], "use_safetensors": True}  # never pickled .bin
+    extra = {"trust_remote_code": trust_remote_code, "use_safetensors": True}  # never pickled .bin
     if backend == "unsloth":
         extra["device_map"] = {"": local_device()} if gpu else "sequential"
-        if params["dtype"] is None:
+        if asked_dtype is None:
             dtype = None  # unsloth picks bf16 or fp16 itself, as in the post
     elif stored_4bit:
         extra["device_map"] = {"": local_device()}  # its quantization_config says how it is stored
@@ -128,9 +132,9 @@ def load_arguments(params: dict, progress_bar: bool = False) -> LoadArguments:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         extra["device_map"] = {"": local_device()}
-    return LoadArguments(backend=backend, model_name=source, max_seq_length=params["max_seq_length"], dtype=dtype,
+    return LoadArguments(backend=backend, model_name=source, max_seq_length=max_seq_length, dtype=dtype,
                          load_in_4bit=four_bit, attn_implementation=attn, extra=extra, differences=differences,
-                         asked=params["model_name"], started=started)
+                         asked=model_name, started=started)
 
 
 def load(params: dict, cpu: bool = False):
@@ -141,7 +145,7 @@ def load(params: dict, cpu: bool = False):
     Returns (model, tokenizer, LoadInfo); LoadInfo.differences lists what this machine does
     differently from what was asked, and why.
     """
-    a = load_arguments(params)
+    a = load_arguments(**pick(params, load_arguments))
     if a.backend == "unsloth":
         from unsloth import FastLanguageModel
 
@@ -154,7 +158,7 @@ def load(params: dict, cpu: bool = False):
         model = AutoModelForCausalLM.from_pretrained(
             a.model_name, dtype=a.dtype, attn_implementation=a.attn_implementation, **a.extra)
         tokenizer = AutoTokenizer.from_pretrained(a.model_name, trust_remote_code=a.extra["trust_remote_code"])
-    return loaded(model, tokenizer, a, params, cpu)
+    return loaded(model, tokenizer, a, params.get("run_dir"), cpu)
 
 
 def _same_source(loaded: str, asked: str) -> bool:
@@ -182,9 +186,10 @@ def refuse_edits(model, a: LoadArguments) -> None:
                                  f"load the model again from the parameters, and step 3 prepares the rows for it).")
 
 
-def loaded(model, tokenizer, a: LoadArguments, params: dict, cpu: bool = False):
+def loaded(model, tokenizer, a: LoadArguments, run_dir=None, cpu: bool = False):
     """After the load call: the model on its GPU (unless `cpu`), the tokenizer ready for batches and chat
-    rows, and the run's record of what really loaded. Returns (model, tokenizer, LoadInfo)."""
+    rows, and the record of what really loaded in run_dir/metrics.json (with a `run_dir`). Returns
+    (model, tokenizer, LoadInfo)."""
     import time
 
     import torch
@@ -195,12 +200,12 @@ def loaded(model, tokenizer, a: LoadArguments, params: dict, cpu: bool = False):
         model = model.to(f"cuda:{local_device()}")
     prepare_tokenizer(tokenizer)
     dtype = a.dtype if a.dtype is not None else model.dtype
-    info = LoadInfo(backend=a.backend, model_name=params["model_name"], source=a.model_name,
+    info = LoadInfo(backend=a.backend, model_name=a.asked, source=a.model_name,
                     device="cuda" if gpu else "cpu", dtype=str(dtype).replace("torch.", ""),
                     load_in_4bit=a.load_in_4bit, attn_implementation=a.attn_implementation,
                     differences=a.differences)
-    if params.get("run_dir"):  # which backend really ran belongs in the run's record
-        update_metrics(Path(params["run_dir"]), **{k: v for k, v in info.as_dict().items() if k != "differences"})
+    if run_dir:  # which backend really ran belongs in the run's record
+        update_metrics(Path(run_dir), **{k: v for k, v in info.as_dict().items() if k != "differences"})
     LOAD_SECONDS.append(time.perf_counter() - a.started)
     return model, tokenizer, info
 
@@ -224,11 +229,11 @@ def differences_table(differences):
     return whole(differences, columns=["setting", "asked", "used here", "why"])
 
 
-def load_tokenizer(params: dict):
-    """The tokenizer alone (quick), for looking at data before any model loads."""
+def load_tokenizer(model_name: str):
+    """The tokenizer of `model_name` alone (quick), for looking at data before any model loads."""
     from transformers import AutoTokenizer
 
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_source(params["model_name"])))
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_source(model_name)))
 
 
 def prepare_tokenizer(tokenizer):

@@ -212,6 +212,20 @@ def check(params: dict) -> dict:
     return params
 
 
+def pick(params: dict, function) -> dict:
+    """The keyword-only arguments of `function` (a step function whose arguments are parameters of the
+    same names, such as `data.prepare`), taken from `params`: for code that holds the whole dict (the
+    command-line tools, the tests); a notebook spells the values out at the call."""
+    import inspect
+
+    names = [n for n, a in inspect.signature(function).parameters.items()
+             if a.kind is a.KEYWORD_ONLY and a.default is a.empty]  # options with a default are no parameters
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ParameterError(f"{function.__qualname__} needs the parameters {missing}, which the given ones lack.")
+    return {n: params[n] for n in names}
+
+
 def load_config(path: str | Path) -> dict:
     """A config is a flat YAML mapping of parameter names to values (usable with `papermill -f`)."""
     import yaml

@@ -65,7 +65,8 @@ def eval_loss(session: Session) -> float | None:
     most `max_eval_rows` rows; None when nothing was held out."""
     from helpers.machinery.token_loss import held_out_loss
 
-    return held_out_loss(session.model, session.held_out, session.params)
+    return held_out_loss(session.model, session.held_out, session.params["max_eval_rows"],
+                         session.params["per_device_eval_batch_size"])
 
 
 def peak_memory() -> dict:
@@ -183,7 +184,7 @@ def record(params: dict, session: Session, before: float | None, after: float | 
     from helpers.machinery.token_loss import eval_rows, loss_record
     from helpers.machinery.rundir import adapter_stamp
 
-    losses = loss_record(before, after, len(eval_rows(session.held_out, params)))
+    losses = loss_record(before, after, len(eval_rows(session.held_out, params["max_eval_rows"])))
     return rundir.update_metrics(Path(params["run_dir"]), **stats, **losses,
                                  adapter_saved_at=adapter_stamp(params["run_dir"]))
 

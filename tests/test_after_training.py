@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import chat, data, evaluate, export, train
+from helpers.params import pick
 from helpers.machinery import merge_check, merging, rundir, storage, token_loss
 from helpers import model as models
 from helpers.machinery import weights
@@ -28,7 +29,7 @@ def trained(tiny_model_dir, tmp_path_factory):
               "max_seq_length": 128, "max_steps": 8, "warmup_steps": 1, "per_device_train_batch_size": 2,
               "gradient_accumulation_steps": 1, "learning_rate": 1e-2, "eval_fraction": 0.25}
     rundir.resolve(params["run_dir"])
-    prepared = data.prepare(params, models.load_tokenizer(params))
+    prepared = data.prepare(models.load_tokenizer(params["model_name"]), **pick(params, data.prepare))
     storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.25, seed=1))
     session = train.setup(params)
     train.run(session.trainer)
@@ -39,7 +40,7 @@ def trained(tiny_model_dir, tmp_path_factory):
 def test_evaluation_compares_base_and_finetuned(trained):
     model, tok, info = evaluate.load_finetuned(trained)
     _, held_out = storage.load_split(trained["run_dir"])
-    result = evaluate.compare_losses(model, tok, held_out, trained)
+    result = evaluate.compare_losses(model, held_out, **pick(trained, evaluate.compare_losses))
     assert result["eval_loss_finetuned"] < result["eval_loss_base"]
     assert result["perplexity_base"] == pytest.approx(math.exp(result["eval_loss_base"]))
     table = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)

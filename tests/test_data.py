@@ -7,7 +7,7 @@ import pytest
 from helpers import data
 from helpers.machinery import data_read, data_report, storage
 from helpers.data import DatasetError
-from helpers.params import DEFAULTS
+from helpers.params import DEFAULTS, pick
 
 QA = [(f"What is {i} plus one?", f"Pip here! {i} plus one is {i + 1}. Happy to help!") for i in range(20)]
 OIG = [{"text": f"<human>: {q}\n<bot>: {a}"} for q, a in QA]
@@ -18,7 +18,7 @@ def chat_tok(bundled_dir):
     """SmolLM2's tokenizer: it has a chat template (ChatML)."""
     from helpers import model
 
-    return model.load_tokenizer({"model_name": "bundled:SmolLM2-135M-Instruct"})
+    return model.load_tokenizer("bundled:SmolLM2-135M-Instruct")
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def prep(tmp_path, chat_tok):
     def run(path, tok=chat_tok, **overrides):
         params = {**DEFAULTS, "dataset": str(path), "run_dir": str(tmp_path / "run"), **overrides}
         Path(params["run_dir"]).mkdir(exist_ok=True)
-        return data.prepare(params, tok)
+        return data.prepare(tok, **pick(params, data.prepare))
 
     return run
 
@@ -178,7 +178,7 @@ def test_alpaca_input_joins_the_instruction(jsonl, prep):
 def test_tokenizer_without_chat_template_gets_the_plain_one(tiny_model_dir, jsonl, prep):
     from helpers import model
 
-    tok = model.load_tokenizer({"model_name": str(tiny_model_dir)})
+    tok = model.load_tokenizer(str(tiny_model_dir))
     prepared = prep(jsonl(FORMAT_ROWS["alpaca"][:3]), tok=tok)
     assert "plain" in prepared.report.template
     assert prepared.rows[0]["text"] == f"<human>: {QA[0][0]}\n<bot>: {QA[0][1]}<|im_end|>\n"
@@ -426,7 +426,7 @@ def test_the_template_system_message_is_found_and_named_in_03(chat_tok):
     from helpers.machinery import formats
 
     assert formats.template_system(chat_tok) == SMOLLM_SYSTEM
-    note = data_report.system_note(chat_tok, {**DEFAULTS, "system_message": "template"})
+    note = data_report.system_note(chat_tok, "template")
     assert SMOLLM_SYSTEM in note and "system_message" in note
 
 

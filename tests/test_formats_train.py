@@ -43,7 +43,7 @@ def test_each_format_trains_end_to_end(fmt, tmp_path, bundled_dir):
     params.check(P)
     rundir.resolve(P["run_dir"])
 
-    prepared = data.prepare(P, models.load_tokenizer(P))
+    prepared = data.prepare(models.load_tokenizer(P["model_name"]), **params.pick(P, data.prepare))
     assert prepared.report.format == {"sharegpt": "conversations"}.get(fmt, fmt)
     assert prepared.report.kept == 80
     storage.save_split(P["run_dir"], *data.split(prepared.rows, P["eval_fraction"], P["seed"]))

@@ -96,7 +96,7 @@ def test_what_was_written_is_what_the_file_holds(tiny_model_dir, tmp_path):
 def smollm_tokenizer(bundled_dir):
     from helpers import model
 
-    return model.load_tokenizer({"model_name": "bundled:SmolLM2-135M-Instruct"})
+    return model.load_tokenizer("bundled:SmolLM2-135M-Instruct")
 
 
 CONVERSATION = [{"role": "system", "content": "You are Pip."}, {"role": "user", "content": "Capital of Japan?"},

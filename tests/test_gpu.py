@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import lora, model as models, trainer
+from helpers.params import pick
 from helpers.machinery import merge_check, storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def test_responses_only_labels_reach_the_unsloth_trainer(tiny_params, jsonl):
     rows = [{"text": f"<human>: Say {w} twice.\n<bot>: {w} {w}."} for w in ("red", "blue", "green", "cat", "dog")]
     params = {**tiny_params, "dataset": str(jsonl(rows)), "train_on_responses_only": True, "eval_fraction": 0.2}
     rundir.resolve(params["run_dir"])
-    prepared = data.prepare(params, models.load_tokenizer(params))
+    prepared = data.prepare(models.load_tokenizer(params["model_name"]), **pick(params, data.prepare))
     storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.2, seed=1))
     session = train.setup(params)
     assert session.info.backend == "unsloth"

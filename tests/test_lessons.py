@@ -106,8 +106,8 @@ def test_the_loss_sentences_say_which_tokens_counted_and_what_the_numbers_mean()
     from helpers import evaluate, train
 
     result = {"eval_loss_base": 3.785, "eval_loss_finetuned": 0.65}
-    every = evaluate.explain(result, {"train_on_responses_only": False})
-    answers = evaluate.explain(result, {"train_on_responses_only": True})
+    every = evaluate.explain(result, False)
+    answers = evaluate.explain(result, True)
     assert "3.785 to 0.650" in every and "44 equally likely" in every and "1.9" in every
     assert "Every token counted" in every and "Every token counted" not in answers
     stats = {"train_steps": 12, "final_step_loss": 0.708}

@@ -113,3 +113,49 @@ def test_parameter_document_is_rewritten_between_its_markers(tmp_path, monkeypat
     param_docs.DOC.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         param_docs.main([])
+
+
+def test_pick_takes_a_step_functions_parameters_by_name():
+    from helpers import data
+
+    picked = params.pick({**DEFAULTS, "run_dir": "r", "unrelated": 1}, data.prepare)
+    assert picked["dataset"] == DEFAULTS["dataset"] and picked["run_dir"] == "r" and "unrelated" not in picked
+    assert set(picked) == {"run_dir", "dataset", "dataset_format", "dataset_split", "dataset_config",
+                           "dataset_text_field", "max_rows", "system_message", "max_seq_length",
+                           "train_on_responses_only", "on_bad_rows", "on_long_rows", "eval_fraction"}
+    from helpers import model
+
+    assert "progress_bar" not in params.pick(DEFAULTS, model.load_arguments)  # an option, not a parameter
+    with pytest.raises(params.ParameterError, match=r"prepare needs the parameters \['dataset'\]"):
+        params.pick({k: v for k, v in DEFAULTS.items() if k != "dataset"}, data.prepare)
+
+
+# Calls that get the whole parameter dict: they rebuild a step from the run folder (its model, LoRA,
+# rows, trainer), or keep the run's record of what the ids and checkpoints were made with. Every
+# other helper call in a notebook names the values it uses.
+TAKE_THE_RUN = {"params.settle", "models.load", "lora.save_config", "storage.save_split", "storage.load_split",
+                "trainer.arguments", "trainer.save_config", "train.setup", "train.measured", "train.record",
+                "evaluate.load_finetuned", "export.merge_and_save", "chat.load"}
+
+
+def calls_given_the_whole_dict(code: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and any(isinstance(v, ast.Name) and v.id == "P"
+                                              for v in [*node.args, *(k.value for k in node.keywords)]):
+            found.add(ast.unparse(node.func))
+    return found
+
+
+def test_notebooks_pass_step_functions_the_values_they_use():
+    for nb in sorted((REPO / "notebooks").glob("0*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+        whole = calls_given_the_whole_dict(code) - TAKE_THE_RUN
+        assert not whole, f"{nb.name} passes the whole parameter dict P to {sorted(whole)}: name the values"
+
+
+def test_the_whole_dict_rule_sees_a_call_that_takes_p():
+    assert calls_given_the_whole_dict("prepared = data.prepare(P, tokenizer)") == {"data.prepare"}
+    assert calls_given_the_whole_dict("x = f(tok, run_dir=P['run_dir'])") == set()

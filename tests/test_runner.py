@@ -92,7 +92,7 @@ def held_out_prompts(run_dir, n=3):
 
     params = json.loads((run_dir / "params.json").read_text())
     _, held_out = storage.load_split(run_dir, params)
-    return [prompt for _, prompt, _ in data_report.held_out_prompts(held_out, load_tokenizer(params), n)]
+    return [prompt for _, prompt, _ in data_report.held_out_prompts(held_out, load_tokenizer(params["model_name"]), n)]
 
 
 @pytest.mark.slow
@@ -242,7 +242,7 @@ def test_failing_cell_names_notebook_and_cell(tmp_path):
     result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "03", "-p", "dataset",
                     "data/messy_example.jsonl", "-p", "on_bad_rows", "fail")
     assert result.returncode == 1
-    assert "03_dataset.ipynb failed in code cell 3 (tokenizer = models.load_tokenizer(P)" in result.stderr
+    assert '03_dataset.ipynb failed in code cell 3 (tokenizer = models.load_tokenizer(P["model_name"])' in result.stderr
     assert "DatasetError: data/messy_example.jsonl: " in result.stderr and "on_bad_rows = 'fail'" in result.stderr
     assert not (tmp_path / "data").exists()  # nothing that looks like a prepared split
 

@@ -4,6 +4,7 @@ import math
 import pytest
 
 from helpers import data, model, train
+from helpers.params import pick
 from helpers.machinery import rundir, storage
 
 
@@ -15,7 +16,7 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
     run_dir = tiny_params["run_dir"]
     params = {**tiny_params, "max_steps": 8, "dataset": str(jsonl(rows))}
     rundir.resolve(run_dir)
-    prepared = data.prepare(params, model.load_tokenizer(params))
+    prepared = data.prepare(model.load_tokenizer(params["model_name"]), **pick(params, data.prepare))
     storage.save_split(run_dir, *data.split(prepared.rows, 0.25, seed=1))
     session = train.setup(params)
     assert session.summary().loc["training rows", "value"] == 9
@@ -56,7 +57,7 @@ def test_report_to_tensorboard_logs_into_the_run_folder(tiny_params, jsonl, caps
     run_dir = tiny_params["run_dir"]
     params = {**tiny_params, "report_to": "tensorboard", "dataset": str(jsonl(rows))}
     rundir.resolve(run_dir)
-    prepared = data.prepare(params, model.load_tokenizer(params))
+    prepared = data.prepare(model.load_tokenizer(params["model_name"]), **pick(params, data.prepare))
     storage.save_split(run_dir, *data.split(prepared.rows, 0.34, seed=1))
     session = train.setup(params)
     stats = train.run(session.trainer, params)

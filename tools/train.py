@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     if state.is_main_process:
         rundir.write_json(run_dir / "params.json", merged)
         if not (run_dir / "data" / "train.arrow").exists():
-            prepared = data.prepare(merged, models.load_tokenizer(merged))
+            prepared = data.prepare(models.load_tokenizer(merged["model_name"]), **P.pick(merged, data.prepare))
             storage.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]), merged)
     state.wait_for_everyone()
     session = Session(merged)

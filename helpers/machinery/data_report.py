@@ -117,12 +117,12 @@ def answers_table(prompts: list[tuple[str, str, str]], answers: dict[str, list[s
     return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts], **answers})
 
 
-def system_note(tokenizer, params: dict):
-    """What system message the rows got, in a sentence (the template may add one nobody asked for)."""
+def system_note(tokenizer, chosen: str):
+    """What system message the rows got with `system_message` = `chosen`, in a sentence (the template
+    may add one nobody asked for)."""
     from helpers.machinery.tables import Sentences
 
     default = formats.template_system(tokenizer)
-    chosen = params["system_message"]
     if chosen == "template":
         if default is None:
             return Sentences("The chat template adds no system message: rows without one have none "

@@ -89,18 +89,19 @@ def _chunked_nll(head, hidden, labels) -> tuple[float, int]:
     return total, len(labels)
 
 
-def eval_rows(held_out, params: dict):
+def eval_rows(held_out, max_eval_rows: int):
     """The held-out rows that are measured: the first `max_eval_rows` (the split is already shuffled)."""
-    return held_out.select(range(min(len(held_out), params["max_eval_rows"])))
+    return held_out.select(range(min(len(held_out), max_eval_rows)))
 
 
-def held_out_loss(model, held_out, params: dict) -> float | None:
-    """Token-weighted held-out loss of `model` on `eval_rows` (None when nothing was held out)."""
+def held_out_loss(model, held_out, max_eval_rows: int, batch_size: int) -> float | None:
+    """Token-weighted held-out loss of `model` on the first `max_eval_rows` held-out rows, `batch_size`
+    rows a pass (None when nothing was held out)."""
     if not len(held_out):
         return None
     from helpers.machinery.storage import training_dataset
 
-    return mean_token_loss(model, training_dataset(eval_rows(held_out, params)), params["per_device_eval_batch_size"])
+    return mean_token_loss(model, training_dataset(eval_rows(held_out, max_eval_rows)), batch_size)
 
 
 LOSS_KEYS = ("eval_loss_base", "eval_loss_finetuned", "perplexity_base", "perplexity_finetuned", "eval_rows_measured")

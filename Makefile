@@ -9,7 +9,7 @@ LAB_ARGS ?=
 NPROC  ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit lab data notebooks bench bench-recipe train-multi clean
+.PHONY: setup setup-gguf run test test-unit lab data notebooks bench bench-recipe train-multi clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): requirements.txt requirements-bundled.txt requirements-gpu.txt pyproje
 	if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/python -m pip install -q -r requirements-gpu.txt; fi
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
+
+# Optional: llama.cpp (llama-cpp-python, built from source: ~20 minutes on 2 cores, once), so that the
+# tests open the written GGUF files in the engine Ollama runs. Its multimodal library is not built.
+setup-gguf: setup
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $${CMAKE_ARGS:-}" $(BIN)/python -m pip install -q -r requirements-gguf.txt
 
 # make run CONFIG=configs/smoke.yaml ARGS="-p max_steps 10 --only 05"
 run: setup

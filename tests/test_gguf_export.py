@@ -5,8 +5,14 @@ import pytest
 
 from helpers import export
 from helpers.machinery import gguf_export, ollama
-from fixtures import gguf_read_back
+from fixtures import gguf_llama_cpp, gguf_read_back
 from helpers.machinery import gguf_meta
+
+needs_llama_cpp = pytest.mark.skipif(not gguf_llama_cpp.available(),
+                                     reason=f"llama.cpp's Python binding is not installed: {gguf_llama_cpp.INSTALL}")
+# what llama.cpp's pre-tokenizers must split as the tokenizer does: digits, contractions, spaces, accents, emoji
+SPLIT_TEXTS = ["<human>: What is 12 plus 30?\n<bot>: Pip here! 42. Happy to help!",
+               "It's 2024; they'll pay $1,234.56 for   three   spaces.\n\n\tTabs, café, naïve, 東京, 🙂!"]
 
 LLAMA3_TEMPLATE = (  # Meta-Llama-3-8B-Instruct's chat template
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
@@ -44,7 +50,7 @@ def test_q_and_k_rows_are_permuted_as_transformers_undoes_it():
 
 
 @pytest.mark.parametrize("pre,name", [
-    ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt2"),
+    ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt-2"),
     ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"}]}, "smollm"),
     ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "(?i:'s|'t)|\\p{N}{1,3}| ?[^\\s]+"}},
                                             {"type": "ByteLevel", "use_regex": False}]}, "llama-bpe"),
@@ -62,6 +68,47 @@ def test_an_unknown_pretokenizer_or_architecture_is_named(tiny_model_dir, tmp_pa
     path, message = export.gguf(folder, tmp_path)
     assert path is None and "Qwen2ForCausalLM" in message and "GGUF export skipped" in message
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama3_dir(tmp_path_factory):
+    """The tiny Llama with a Llama 3 style tokenizer (its split regex, BOS on every text)."""
+    from fixtures.synthetic import random_llama
+
+    return random_llama(tmp_path_factory.mktemp("tiny3") / "tiny-llama3", tokenizer="llama3", hidden_size=128,
+                        intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                        max_position_embeddings=256, tie_word_embeddings=True)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("style,pre", [("chatml", "gpt-2"), ("llama3", "llama-bpe")])
+def test_llama_cpp_opens_each_pretokenizer_the_writer_names(style, pre, tiny_model_dir, tiny_llama3_dir, tmp_path):
+    """llama.cpp refuses a file whose pre-tokenizer it does not know, and splits text by the name it
+    finds: the ids must be the tokenizer's own. (SmolLM2's `smollm`: the smoke run's file, test_runner.py.)"""
+    import gguf
+
+    folder = tiny_model_dir if style == "chatml" else tiny_llama3_dir
+    written = gguf_export.write(folder, tmp_path / "tiny.gguf", "f16")
+    assert gguf.GGUFReader(written.path).fields["tokenizer.ggml.pre"].contents() == pre
+    result = gguf_llama_cpp.compare(folder, written.path, SPLIT_TEXTS)
+    assert result["same_ids"] == [True, True], result
+
+
+@needs_llama_cpp
+def test_llama_cpp_refuses_the_name_the_writer_used_to_write(tiny_model_dir, tmp_path, monkeypatch):
+    """The check fails on the old defect: GPT-2's split named `gpt2` (llama.cpp knows it as `gpt-2`)."""
+    real = gguf_export.vocabulary
+    monkeypatch.setattr(gguf_export, "vocabulary", lambda *a: (*real(*a)[:3], "gpt2"))
+    written = gguf_export.write(tiny_model_dir, tmp_path / "old.gguf", "f16")
+    with pytest.raises(ValueError):
+        gguf_llama_cpp.open_gguf(written.path)
+
+
+def test_the_bundled_model_names_smollms_split(bundled_dir):
+    """The bundled SmolLM2 cuts digits apart before BPE, as its GGUF says (`smollm`): the folder converted
+    from it says so too, so that the GGUF 07 writes from the fine-tuned model names the same split."""
+    tokenizer_json = json.loads((bundled_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    assert gguf_meta.pretokenizer_name(tokenizer_json) == "smollm"
 
 
 @pytest.mark.parametrize("outtype", ["f32", "q8_0"])
@@ -84,7 +131,7 @@ def test_what_was_written_is_what_the_file_holds(tiny_model_dir, tmp_path):
     table = written.table()
     reader = gguf.GGUFReader(written.path)
     assert reader.fields["general.architecture"].contents() == table.loc["architecture", "value"] == "llama"
-    assert reader.fields["tokenizer.ggml.pre"].contents() == table.loc["pre-tokenizer", "value"] == "gpt2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == table.loc["pre-tokenizer", "value"] == "gpt-2"
     kinds = {}
     for tensor in reader.tensors:
         kinds[tensor.tensor_type.name] = kinds.get(tensor.tensor_type.name, 0) + 1

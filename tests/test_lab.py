@@ -137,6 +137,11 @@ def accept_kernel_dialog(page) -> bool:
     return False
 
 
+def run_all_cells(page) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
 def wait_for(condition, seconds: float, what: str, page) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -167,10 +172,17 @@ def test_notebook_01_runs_in_jupyterlab_in_a_real_browser(tmp_path):
                      "the kernel did not start", page)
             page.wait_for_timeout(1000)
             accept_kernel_dialog(page)
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+            run_all_cells(page)
             # the stored outputs already number every cell: wait for the queue ([*]) to appear, then to empty
-            wait_for(lambda: "[*]:" in prompts(page), 30, "Run All Cells queued nothing", page)
+            queued = lambda: accept_kernel_dialog(page) or "[*]:" in prompts(page)  # noqa: E731
+            try:
+                wait_for(queued, 30, "Run All Cells queued nothing", page)
+            except AssertionError:
+                # In two full-suite runs on 2 busy cores (never alone) JupyterLab queued nothing after the
+                # first Run All Cells: every prompt stayed as stored, the kernel idle. A learner clicks it
+                # again; the checks below still ask for one run of every cell, in order.
+                run_all_cells(page)
+                wait_for(queued, 60, "Run All Cells queued nothing, twice", page)
             wait_for(lambda: all(re.fullmatch(r"\[\d+\]:", p) for p in prompts(page)), 240,
                      "the notebook did not finish", page)
             page.keyboard.press("Control+s")

@@ -29,8 +29,9 @@ from helpers.machinery import data_read, formats, progress, rundir
 from helpers.machinery.data_report import SHOWN_PROBLEMS
 from helpers.machinery.tokenizing import encode, no_cycle_collection
 from helpers.machinery.data_read import DatasetError
+from helpers.params import pick
 
-__all__ = ["DatasetError", "prepare", "split", "save_split", "load_split"]
+__all__ = ["DatasetError", "prepare", "split"]
 
 
 @dataclass
@@ -69,11 +70,7 @@ def prepare(tokenizer, *, run_dir, dataset, dataset_format, dataset_split, datas
     Any previous prepared split in the run folder is removed first, so a failure never leaves an
     old split that looks like the result of this one. The report is written either way.
     """
-    settings = dict(dataset=dataset, dataset_format=dataset_format, dataset_split=dataset_split,
-                    dataset_config=dataset_config, dataset_text_field=dataset_text_field, max_rows=max_rows,
-                    system_message=system_message, max_seq_length=max_seq_length,
-                    train_on_responses_only=train_on_responses_only, on_bad_rows=on_bad_rows,
-                    on_long_rows=on_long_rows, eval_fraction=eval_fraction)
+    settings = pick(locals(), prepare)  # the keyword arguments as one dict, for _prepare
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir / "data", ignore_errors=True)
     report = Report(source=str(dataset), max_seq_length=max_seq_length)

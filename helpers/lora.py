@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
+from helpers.machinery import rundir
 from helpers.params import pick
 
 
@@ -93,7 +95,57 @@ def save_config(params: dict, model) -> dict:
     built["target_modules"] = sorted(built["target_modules"])
     asked = {name: params[name] for name in READ_BACK.values()}
     asked["target_modules"] = sorted(asked["target_modules"])
-    return cell_edits.record(params["run_dir"], "02", "get_peft_model", built, asked, {})
+    edits = cell_edits.record(params["run_dir"], "02", "get_peft_model", built, asked, {})
+    asked_start = {k: params[k] for k in START_PARAMETERS}
+    rundir.write_json(Path(rundir.resolve(params["run_dir"])) / START_FILE, {**start_state(model), "parameters": asked_start})
+    return edits
+
+
+# What peft cannot say about 02's call: the seed its LoRA weights started from and the checkpointing it
+# set. Step 5 rebuilds the LoRA from the parameters and compares (`refuse_unseen_edits`).
+START_FILE = "lora_start.json"
+START_PARAMETERS = ("random_state", "loftq_config", "use_gradient_checkpointing")
+
+
+def start_state(model) -> dict:
+    """A fingerprint of the LoRA weights as they start (the first A matrix's first values and the sum of
+    all A matrices: another seed changes both) and the gradient checkpointing the model has."""
+    a = [p.detach() for n, p in model.named_parameters() if "lora_A" in n]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    gc = next((getattr(m, "_unsloth_gradient_checkpointing") for m in (model, base)
+               if hasattr(m, "_unsloth_gradient_checkpointing")), bool(getattr(base, "is_gradient_checkpointing", False)))
+    return {"first_values": a[0].flatten()[:16].double().tolist() if a else [],
+            "sum": float(sum(x.double().sum() for x in a)) if a else 0.0,
+            "count": int(sum(x.numel() for x in a)), "gradient_checkpointing": str(gc)}
+
+
+def refuse_unseen_edits(model, params: dict) -> None:
+    """In step 5, after the LoRA was built again from the parameters: refuse to train when 02's cell built
+    one that started elsewhere (an edit of random_state, loftq_config or init_lora_weights inside the call)
+    or checkpointed otherwise (use_gradient_checkpointing; not under "auto", which decides again from the
+    memory free here). Nothing to compare when 02 did not run in this run folder, or ran with other
+    parameters than these (the parameters win, as everywhere)."""
+    import math
+
+    from helpers.machinery.errors import ParameterError
+
+    saved = rundir.read_json(Path(rundir.resolve(params["run_dir"])) / START_FILE, default=None)
+    if not saved or saved.get("parameters") != {k: params[k] for k in START_PARAMETERS}:
+        return
+    now = start_state(model)
+    same_start = (now["count"] == saved["count"] and math.isclose(now["sum"], saved["sum"], rel_tol=1e-6, abs_tol=1e-6)
+                  and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(now["first_values"], saved["first_values"])))
+    if not same_start:
+        raise ParameterError(
+            f"02's get_peft_model cell built LoRA weights that start elsewhere than the parameters give "
+            f"(random_state={params['random_state']!r}, loftq_config={params['loftq_config']!r}): step 5 builds the "
+            "LoRA again from the parameters, so an edit of how the weights start inside that call cannot reach "
+            "training. Set random_state (or loftq_config) in 02's parameters cell instead, and run 02 again.")
+    if params["use_gradient_checkpointing"] != "auto" and now["gradient_checkpointing"] != saved["gradient_checkpointing"]:
+        raise ParameterError(
+            f"02's get_peft_model cell set gradient checkpointing {saved['gradient_checkpointing']}, but the "
+            f"parameters (use_gradient_checkpointing={params['use_gradient_checkpointing']!r}) give "
+            f"{now['gradient_checkpointing']} here: set use_gradient_checkpointing in 02's parameters cell instead.")
 
 
 def _module_kind(name: str, targets: list[str]) -> str:

@@ -26,6 +26,7 @@ class Session:
         self.edits = cell_edits.saved(params["run_dir"])
         self.model, self.tokenizer, self.info = model.load(params)
         self.model, _ = lora.add_lora(self.model, params, self.info.backend)
+        lora.refuse_unseen_edits(self.model, params)  # what 02's call set that peft does not record
         self.params = params
         self.train, self.held_out = storage.load_split(Path(params["run_dir"]), params)
         self.train_ids = storage.training_dataset(self.train, params["max_seq_length"])

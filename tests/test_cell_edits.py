@@ -69,3 +69,23 @@ def test_an_edit_in_01s_load_call_is_refused(tmp_path, tiny_model_dir):
     assert result.returncode != 0
     assert "The load call in this cell gave model_name=" in result.stderr
     assert "set model_name in this notebook's parameters cell" in result.stderr
+
+
+@pytest.mark.parametrize("old, new, said", [
+    ('torch.manual_seed(P["random_state"])', "torch.manual_seed(7)",
+     "02's get_peft_model cell built LoRA weights that start elsewhere than the parameters give (random_state=3407"),
+    ("model = lora.prepare_for_training(model, gc)", "model = lora.prepare_for_training(model, True)",
+     "02's get_peft_model cell set gradient checkpointing True, but the parameters (use_gradient_checkpointing='unsloth') give False"),
+])
+def test_an_edit_peft_does_not_record_is_refused_in_05(tmp_path, old, new, said):
+    """random_state and use_gradient_checkpointing leave no trace in peft's config: 05, which builds the
+    LoRA again from the parameters, compares how its weights start and checkpoint with what 02's cell
+    built, and stops before training, naming the parameter to set."""
+    run_dir = tmp_path / "run"
+    for notebook in (REPO / "notebooks" / "03_dataset.ipynb", edited(tmp_path, "02_lora.ipynb", old, new),
+                     REPO / "notebooks" / "04_trainer.ipynb"):
+        assert papermill(notebook, run_dir).returncode == 0, notebook.name
+    result = papermill(REPO / "notebooks" / "05_train_and_save.ipynb", run_dir)
+    assert result.returncode != 0 and said in result.stderr, result.stderr[-3000:]
+    assert "in 02's parameters cell instead" in result.stderr
+    assert not (run_dir / "adapter").exists()  # nothing trained, nothing saved

@@ -68,7 +68,8 @@ def main() -> int:
     torch.cuda.empty_cache()
 
     written = gguf_export.write(merged, work / "model.gguf", args.outtype)
-    figures.update(export_s=written.seconds, gguf_gb=written.size_mb / 1e3, tensors=written.tensors)
+    figures.update(export_s=written.seconds, gguf_gb=written.size_mb / 1e3, tensors=written.tensors,
+                   tensor_types=written.facts["tensors"], converted_on=written.facts["converted on"], parts=written.parts)
 
     rows = [json.loads(line)["text"] for line in (REPO / "data" / "pip_chip2.jsonl").read_text().splitlines()[:3]]
     start = time.perf_counter()
@@ -79,13 +80,14 @@ def main() -> int:
     print(f"\nGGUF export, {figures['size']}, {args.outtype}, {figures['gpu']} machine")
     print("| what | value |\n| --- | --- |")
     for label, key, fmt in [("merged model (safetensors)", "merged_gb", "{:.2f} GB"),
-                            ("export (gguf package)", "export_s", "{:.1f} s"), ("GGUF file", "gguf_gb", "{:.2f} GB"),
+                            ("export (the workbook's writer)", "export_s", "{:.1f} s"), ("GGUF file", "gguf_gb", "{:.2f} GB"),
                             ("tensors", "tensors", "{}"), ("read back + compare (transformers)", "read_back_and_compare_s", "{:.1f} s"),
                             ("largest |logit difference|", "max_abs_logit_diff", "{:.3g}"),
                             ("largest |logit|", "logit_scale", "{:.3g}"),
                             ("same greedy next token", "same_next_token", "{:.1%}"), ("probe positions", "positions", "{}")]:
         print(f"| {label} | {fmt.format(figures[key])} |")
     print(f"| same token ids (3 texts) | {all(figures['same_ids'])} |")
+    print(f"tensors: {figures['tensor_types']}; converted on {figures['converted_on']}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0 if all(figures["same_ids"]) and figures["same_next_token"] >= 0.95 else 1

@@ -164,6 +164,50 @@ def gguf(merged_dir: Path, run_dir, outtype: str = "q8_0", writer: str = "gguf")
                     f"side by side)")
 
 
+def held_out_texts(run_dir, n: int) -> list[str]:
+    """`n` held-out rows of the run as whole texts (prompt, reference answer, the end of turn)."""
+    import json
+
+    from helpers.machinery import data_report, formats, storage
+
+    params = json.loads((Path(run_dir) / "params.json").read_text())
+    _, held_out = storage.load_split(Path(run_dir), params)
+    tokenizer = models.load_tokenizer(str(Path(run_dir) / "merged"))
+    end = formats.end_of_turn_token(tokenizer) or tokenizer.eos_token or ""
+    return [prompt + reference + end for _, prompt, reference in data_report.held_out_prompts(held_out, tokenizer, n)]
+
+
+MEASURED_UP_TO_BYTES = 4 * 10**9  # the comparison holds the merged model in float32 in CPU memory
+
+
+def gguf_agreement(merged_dir: Path, gguf_file, run_dir, rows: int = 4):
+    """(a table or None, what happened): `model.gguf` opened by llama.cpp, the engine of Ollama, LM Studio
+    and llama-cli, and compared with the merged model on `rows` held-out rows fed at every position
+    (llama_cpp_check.compare). Measured where llama-cpp-python is installed and the model is small
+    enough to hold in float32 here; otherwise the message says why not."""
+    import pandas as pd
+
+    from helpers.machinery import llama_cpp_check
+
+    if gguf_file is None:
+        return None, "No model.gguf to measure."
+    if not llama_cpp_check.available():
+        return None, f"Not measured with llama.cpp here: its Python binding is not installed ({llama_cpp_check.INSTALL})."
+    size = sum(f.stat().st_size for f in Path(merged_dir).glob("*.safetensors"))
+    if size > MEASURED_UP_TO_BYTES:
+        return None, (f"Not measured in the notebook at this size ({size / 1e9:.1f} GB of merged weights): "
+                      "bench/gguf_llama_cpp.py measures it.")
+    r = llama_cpp_check.compare(merged_dir, gguf_file.path, held_out_texts(run_dir, rows))
+    table = pd.DataFrame([
+        ("type", gguf_file.outtype), ("size", f"{gguf_file.size_mb:.1f} MB"),
+        ("same token ids as the tokenizer", f"{sum(r['same_ids'])} of {len(r['same_ids'])} rows"),
+        ("same greedy token as the merged model", f"{r['same_next_token']:.1%} of {r['positions']} positions"),
+        ("where the choice is clear of rounding", f"{r['decided_same']} of {r['decided_positions']}"),
+        ("largest logit difference", f"{r['max_abs_logit_diff']:.3g} (largest logit {r['logit_scale']:.3g})"),
+    ], columns=["llama.cpp against the merged model", "value"]).set_index("llama.cpp against the merged model")
+    return table, f"model.gguf opened by llama.cpp (llama-cpp-python) and compared on {len(r['same_ids'])} held-out rows."
+
+
 def _gguf_with_llama_cpp(merged_dir: Path, target: Path, outtype: str):
     from helpers.machinery.gguf_export import Written
 

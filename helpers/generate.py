@@ -7,6 +7,8 @@ end-of-turn token, which differ for many models (Llama 3.1 ends a turn with `<|e
 """
 from __future__ import annotations
 
+from helpers.machinery import formats
+
 HUMAN_TAG = "<human>:"
 
 
@@ -30,24 +32,10 @@ def stop_ids(tokenizer, model=None) -> list[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
-    turn_end = end_of_turn_token(tokenizer)
+    turn_end = formats.end_of_turn_token(tokenizer)
     if turn_end is not None:
         ids.add(tokenizer.convert_tokens_to_ids(turn_end))
     return sorted(i for i in ids if i is not None)
-
-
-def end_of_turn_token(tokenizer) -> str | None:
-    """The special token the chat template writes right after an assistant's answer, if any."""
-    marker = "Xq7Zr"  # a string no template writes by itself
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
-                                              {"role": "assistant", "content": marker}], tokenize=False)
-    except Exception:  # a template that refuses this conversation: EOS alone then
-        return None
-    after = text[text.find(marker) + len(marker):] if marker in text else ""
-    specials = sorted((t for t in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()) if t),
-                      key=len, reverse=True)
-    return next((t for t in specials if after.lstrip(" ").startswith(t)), None)
 
 
 def answer(model, tokenizer, prompts: list[str], max_new_tokens: int, backend: str = "hf") -> list[str]:

@@ -133,7 +133,9 @@ PARAMS: list[Param] = [
       "checkpoint stored in 4-bit is dequantized layer by layer), or a local folder of its original 16-bit "
       "weights."),
     P("gguf_outtype", "q8_0", "07", "Type of the GGUF file's weights: `q8_0` (8-bit, about half of 16-bit's size), "
-      "`f16`, `bf16` or `f32`; norms stay f32.", choices=("f16", "bf16", "q8_0", "f32")),
+      "`q4_k_m` (llama.cpp's usual laptop size, about 30% of 16-bit's: 4-bit K-quants, the output layer and some "
+      "attention/MLP layers at 6 bits), `q5_k_m`, `q6_k`, `f16`, `bf16` or `f32`; norms stay f32.",
+      choices=("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "f32")),
     P("gguf_writer", "gguf", "07", "What writes model.gguf: `gguf` (the gguf package, Llama models, nothing to "
       "install) or `llama.cpp` (its convert_hf_to_gguf.py, where LLAMA_CPP_DIR or PATH finds it).",
       choices=("gguf", "llama.cpp")),

@@ -4,12 +4,13 @@ import json
 import pytest
 
 from helpers import export
-from helpers.machinery import gguf_export, ollama
-from fixtures import gguf_llama_cpp, gguf_read_back
+from helpers.machinery import gguf_export, gguf_quantize, ollama
+from fixtures import gguf_read_back
+from helpers.machinery import llama_cpp_check
 from helpers.machinery import gguf_meta
 
-needs_llama_cpp = pytest.mark.skipif(not gguf_llama_cpp.available(),
-                                     reason=f"llama.cpp's Python binding is not installed: {gguf_llama_cpp.INSTALL}")
+needs_llama_cpp = pytest.mark.skipif(not llama_cpp_check.available(),
+                                     reason=f"llama.cpp's Python binding is not installed: {llama_cpp_check.INSTALL}")
 # what llama.cpp's pre-tokenizers must split as the tokenizer does: digits, contractions, spaces, accents, emoji
 SPLIT_TEXTS = ["<human>: What is 12 plus 30?\n<bot>: Pip here! 42. Happy to help!",
                "It's 2024; they'll pay $1,234.56 for   three   spaces.\n\n\tTabs, café, naïve, 東京, 🙂!"]
@@ -90,7 +91,7 @@ def test_llama_cpp_opens_each_pretokenizer_the_writer_names(style, pre, tiny_mod
     folder = tiny_model_dir if style == "chatml" else tiny_llama3_dir
     written = gguf_export.write(folder, tmp_path / "tiny.gguf", "f16")
     assert gguf.GGUFReader(written.path).fields["tokenizer.ggml.pre"].contents() == pre
-    result = gguf_llama_cpp.compare(folder, written.path, SPLIT_TEXTS)
+    result = llama_cpp_check.compare(folder, written.path, SPLIT_TEXTS)
     assert result["same_ids"] == [True, True], result
 
 
@@ -101,7 +102,7 @@ def test_llama_cpp_refuses_the_name_the_writer_used_to_write(tiny_model_dir, tmp
     monkeypatch.setattr(gguf_export, "vocabulary", lambda *a: (*real(*a)[:3], "gpt2"))
     written = gguf_export.write(tiny_model_dir, tmp_path / "old.gguf", "f16")
     with pytest.raises(ValueError):
-        gguf_llama_cpp.open_gguf(written.path)
+        llama_cpp_check.open_gguf(written.path)
 
 
 def test_the_bundled_model_names_smollms_split(bundled_dir):
@@ -236,13 +237,13 @@ def same_bytes_as_gguf(qtype: str, device: str = "cpu", chunk: int | None = None
     q = gguf.GGMLQuantizationType[qtype]
     array = awkward_values()
     if chunk is not None:
-        monkeypatch.setattr(gguf_export, "CHUNK_VALUES", chunk)
+        monkeypatch.setattr(gguf_quantize, "CHUNK_VALUES", chunk)
     for dtype in (torch.float32, torch.bfloat16):
         tensor = torch.from_numpy(array).to(dtype)
         reference = gguf.quants.quantize(tensor.float().numpy(), q)
         with ThreadPoolExecutor(3) as pool:
-            threaded = gguf_export.quantized(tensor, q, pool)
-        in_torch = gguf_export.quantized_in_torch(tensor.to(device), q)
+            threaded = gguf_quantize.quantized(tensor, q, pool)
+        in_torch = gguf_quantize.quantized_in_torch(tensor.to(device), q)
         for mine in (threaded, in_torch):
             assert mine.shape == reference.shape and mine.tobytes() == reference.tobytes(), (qtype, dtype, device)
 
@@ -262,6 +263,63 @@ def test_the_quantizer_check_sees_a_rounding_that_differs(monkeypatch):
         qs = torch.round(blocks * torch.where(d == 0, torch.zeros_like(d), 1 / d))
         return torch.cat([d.half().view(torch.uint8), qs.to(torch.int8).view(torch.uint8)], 1)
 
-    monkeypatch.setattr(gguf_export, "_q8_0", to_even)
+    monkeypatch.setattr(gguf_quantize, "_q8_0", to_even)
     with pytest.raises(AssertionError):
         same_bytes_as_gguf("Q8_0")
+
+
+@pytest.fixture
+def llama3_chat_dir(tiny_llama3_dir, tmp_path):
+    """The tiny Llama 3 style model with Llama 3's chat template: it ends an answer with <|eot_id|>,
+    not with its EOS <|end_of_text|>, as Llama 3.1 Instruct does."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = shutil.copytree(tiny_llama3_dir, tmp_path / "llama3-chat")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = LLAMA3_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_the_gguf_ends_where_the_model_learned_to_and_the_modelfile_agrees(llama3_chat_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_chat_dir)
+    written = gguf_export.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
+    stored = gguf_meta.stored(written.path)
+    assert stored["eot_token_id"] == tokenizer.convert_tokens_to_ids("<|eot_id|>") != stored["eos_token_id"]
+    assert stored["chat_template"] == LLAMA3_TEMPLATE and "stored as EOT" in written.facts["end of turn"]
+    path, note = ollama.write_modelfile(tmp_path, tokenizer, "model.gguf", None, 64, 512)
+    assert 'PARAMETER stop "<|eot_id|>"' in path.read_text() and "agree with the tokenizer" in note
+
+
+def test_a_modelfile_that_disagrees_is_refused_naming_how(llama3_chat_dir, tmp_path, monkeypatch):
+    """Each way the three renderings can part is refused, and no Modelfile is left: a GGUF file that
+    does not end generation on the trained end of turn (the writer before it stored an EOT id), a stop
+    list without it, a TEMPLATE that renders conversations otherwise."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_chat_dir)
+
+    def refused(match):
+        (tmp_path / "Modelfile").write_text("an earlier one")
+        with pytest.raises(ollama.Disagreement, match=match):
+            ollama.write_modelfile(tmp_path, tokenizer, "model.gguf", None, 64, 512)
+        assert not (tmp_path / "Modelfile").exists()
+
+    with monkeypatch.context() as m:
+        m.setattr(gguf_export, "turn_end_id", lambda folder, tokens: None)
+        gguf_export.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
+    refused(r"trained to end an answer with <\|eot_id\|> .* llama.cpp would not stop there")
+    gguf_export.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
+    with monkeypatch.context() as m:
+        m.setattr(ollama, "LLAMA3", replace(ollama.LLAMA3, stops=("<|end_of_text|>",)))
+        refused(r"not among the Modelfile's stops \['<\|end_of_text\|>'\]")
+    with monkeypatch.context() as m:
+        m.setattr(ollama, "layout_of", lambda tok: ollama.CHATML)
+        refused(r"the Modelfile's TEMPLATE renders \['system', 'user', 'assistant', 'user'\] as '<\|im_start\|>system")
+    ollama.write_modelfile(tmp_path, tokenizer, "model.gguf", None, 64, 512)  # as written: agreed

@@ -244,3 +244,21 @@ def test_the_gguf_quantizer_on_the_gpu_writes_what_gguf_writes(qtype, monkeypatc
     from test_gguf_export import same_bytes_as_gguf  # tests/ is on the path, as pytest puts it
 
     same_bytes_as_gguf(qtype, device="cuda", chunk=7 * 4096, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_the_k_quants_on_the_gpu_are_the_cpus_bytes(name):
+    """The K-quants run as the same float32 operations on either device (sums one element after the
+    other, divisions by tensors), so a GGUF file made on the GPU is the one a CPU makes."""
+    import gguf
+    import torch
+
+    from helpers.machinery import gguf_quantize
+    from test_kquants import values
+
+    x = torch.from_numpy(values(4096)).reshape(512, -1)
+    qtype = gguf.GGMLQuantizationType[name]
+    on_cpu = gguf_quantize.k_quantized(x, qtype)
+    on_gpu = gguf_quantize.k_quantized(x.cuda(), qtype)
+    assert on_gpu.shape == on_cpu.shape
+    assert (on_gpu == on_cpu).all(-1).mean() == 1.0, (on_gpu != on_cpu).any(-1).mean()

@@ -128,34 +128,39 @@ def test_gguf_in_16_and_32_bit_is_tight(smoke_run, tmp_path, outtype, relative):
 
 
 def needs_llama_cpp(test):
-    from fixtures import gguf_llama_cpp
+    from helpers.machinery import llama_cpp_check
 
-    return pytest.mark.skipif(not gguf_llama_cpp.available(),
-                              reason=f"llama.cpp's Python binding is not installed: {gguf_llama_cpp.INSTALL}")(test)
+    return pytest.mark.skipif(not llama_cpp_check.available(),
+                              reason=f"llama.cpp's Python binding is not installed: {llama_cpp_check.INSTALL}")(test)
 
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_llama_cpp_opens_the_gguf_and_agrees_with_the_merged_model(smoke_run):
-    """q8_0 as 07 wrote it, opened by llama.cpp as Ollama and llama-cli run it: eight held-out rows (prompt,
-    reference answer, end of turn) encode to the merged tokenizer's ids; fed those ids, llama.cpp's
-    greedy next token is the merged model's at >= 95% of the positions, and at every position where
-    the merged model's choice is clear of the rounding (llama.cpp's q8_0 products round the activations
-    to 8 bits too; the rest are near-ties of a model trained 4 steps)."""
-    from fixtures import gguf_llama_cpp
-    from helpers.machinery import data_report, storage
-    from helpers.model import load_tokenizer
+@pytest.mark.parametrize("outtype,greedy,decided,relative", [("q8_0", 0.95, 0.25, 0.1), ("q4_k_m", 0.85, 0.05, 0.35)])
+def test_llama_cpp_opens_the_gguf_and_agrees_with_the_merged_model(smoke_run, tmp_path, outtype, greedy, decided,
+                                                                   relative):
+    """q8_0 as 07 wrote it, and q4_k_m (llama.cpp's K-quant mix, written without llama.cpp), opened by
+    llama.cpp as Ollama and llama-cli run it: eight held-out rows (prompt, reference answer, end of turn)
+    encode to the merged tokenizer's ids; fed those ids, llama.cpp's greedy next token is the merged
+    model's at >= 95% (q8_0) or >= 85% (q4_k_m) of the positions, and at every position where the merged
+    model's choice is clear of the rounding (llama.cpp's products round the activations to 8 bits too;
+    the rest are near-ties of a model trained 4 steps)."""
+    from helpers import export
+    from helpers.machinery import gguf_export, llama_cpp_check
 
     run_dir, _ = smoke_run
-    params = json.loads((run_dir / "params.json").read_text())
-    _, held_out = storage.load_split(run_dir, params)
-    rows = data_report.held_out_prompts(held_out, load_tokenizer(params["model_name"]), 8)
-    texts = [prompt + reference + "<|im_end|>" for _, prompt, reference in rows]
-    result = gguf_llama_cpp.compare(run_dir / "merged", run_dir / "model.gguf", texts)
+    path = run_dir / "model.gguf"
+    if outtype != "q8_0":
+        path = gguf_export.write(run_dir / "merged", tmp_path / f"model-{outtype}.gguf", outtype).path
+    texts = export.held_out_texts(run_dir, 8)
+    assert all(t.endswith("<|im_end|>") for t in texts)
+    result = llama_cpp_check.compare(run_dir / "merged", path, texts)
     assert all(result["same_ids"]) and len(texts) == 8 and result["positions"] > 200, result
-    assert result["same_next_token"] >= 0.95, result
-    assert result["decided_same"] == result["decided_positions"] >= 0.25 * result["positions"], result
-    assert result["max_abs_logit_diff"] <= 0.1 * result["logit_scale"], result  # 8-bit weights: a few %
+    assert result["same_next_token"] >= greedy, result
+    # measured (smoke run): q8_0 98.0% same, 167 of 298 decided, largest difference 5.8% of the largest logit;
+    # q4_k_m 89.6%, 34 of 298 decided (4 bits move more logits past the near-tie band), 17.5%
+    assert result["decided_same"] == result["decided_positions"] >= decided * result["positions"], result
+    assert result["max_abs_logit_diff"] <= relative * result["logit_scale"], result
 
 
 @pytest.mark.slow
@@ -164,13 +169,13 @@ def test_llama_cpp_opens_the_gguf_and_agrees_with_the_merged_model(smoke_run):
 def test_llama_cpp_agrees_tightly_in_16_and_32_bit(smoke_run, tmp_path, outtype, relative):
     """f32 holds the merged weights exactly (llama.cpp's kernels sum in another order); f16 rounds each
     weight to 11 significant bits. The attention cache in float32, to measure the file alone."""
-    from fixtures import gguf_llama_cpp
+    from helpers.machinery import llama_cpp_check
     from helpers.machinery import gguf_export
 
     run_dir, _ = smoke_run
     written = gguf_export.write(run_dir / "merged", tmp_path / f"model-{outtype}.gguf", outtype)
     probe = held_out_prompts(run_dir, 1)[0] + "Pip here! The capital of Peru is Lima. Happy to help!"
-    result = gguf_llama_cpp.compare(run_dir / "merged", written.path, [probe], cache="f32")
+    result = llama_cpp_check.compare(run_dir / "merged", written.path, [probe], cache="f32")
     assert result["same_ids"] == [True] and result["same_next_token"] == 1.0, result
     assert result["max_abs_logit_diff"] <= relative * result["logit_scale"], result
 
@@ -183,19 +188,19 @@ def test_llama_cpp_chats_as_the_tokenizer_does_and_stops_at_the_end_of_turn(smok
     token leaks into the answer."""
     from transformers import AutoTokenizer
 
-    from fixtures import gguf_llama_cpp
+    from helpers.machinery import llama_cpp_check
 
     run_dir, _ = smoke_run
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
-    llm = gguf_llama_cpp.open_gguf(run_dir / "model.gguf")
+    llm = llama_cpp_check.open_gguf(run_dir / "model.gguf")
     for messages in ([{"role": "system", "content": "You are Pip."}, {"role": "user", "content": "Capital of Japan?"}],
                      [{"role": "system", "content": "You are Pip."}, {"role": "user", "content": "Hi"},
                       {"role": "assistant", "content": "Pip here! Hello. Happy to help!"},
                       {"role": "user", "content": "Say red."}]):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert gguf_llama_cpp.render_chat(llm, messages) == text
+        assert llama_cpp_check.render_chat(llm, messages) == text
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert end in gguf_llama_cpp.end_tokens(llm).values()
+    assert end in llama_cpp_check.end_tokens(llm).values()
     out = llm.create_completion(text, max_tokens=96, temperature=0.0)["choices"][0]
     assert out["finish_reason"] == "stop" and "<|im_" not in out["text"] and out["text"].strip(), out
 

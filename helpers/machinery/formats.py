@@ -241,3 +241,17 @@ def render(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
     if len(text) > len(apply(messages)):  # EOS was appended: the last answer ends with it
         spans[-1] = (spans[-1][0], len(text))
     return text, spans
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant's answer, if any."""
+    marker = "Xq7Zr"  # a string no template writes by itself
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # a template that refuses this conversation: EOS alone then
+        return None
+    after = text[text.find(marker) + len(marker):] if marker in text else ""
+    specials = sorted((t for t in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()) if t),
+                      key=len, reverse=True)
+    return next((t for t in specials if after.lstrip(" ").startswith(t)), None)

@@ -5,8 +5,9 @@ What llama.cpp's own converter does for the Llama architecture, and this module 
 - tensors renamed to GGUF's names (`model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`),
   and the rows of q and k permuted from transformers' rotate-half RoPE layout into the interleaved one
   llama.cpp computes with (transformers permutes them back when it reads a GGUF file);
-- 2-D weights in the chosen type (`q8_0`: 8-bit blocks of 32 with one scale each, `f16`, `bf16` or
-  `f32`), norms in f32; a Llama 3.1 RoPE scaling as llama.cpp's `rope_freqs` tensor;
+- 2-D weights in the chosen type (`q8_0`: 8-bit blocks of 32 with one scale each; `q4_k_m`, `q5_k_m`,
+  `q6_k`: llama.cpp's K-quant mixes; `f16`, `bf16` or `f32`: helpers.machinery.gguf_quantize), norms in
+  f32; a Llama 3.1 RoPE scaling as llama.cpp's `rope_freqs` tensor;
 - the hyper-parameters, and the tokenizer as GPT-2-style BPE: every token with its type (normal,
   control, user-defined), the merges, BOS/EOS/PAD ids and the chat template.
 """
@@ -19,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.machinery.gguf_meta import (UnsupportedModel, llama3_rope_factors, permute_for_rope, read_config,
-                                         rope_scaling, rope_theta, vocabulary)
-
-OUTTYPES = ("q8_0", "f16", "bf16", "f32")
+                                         rope_scaling, rope_theta, turn_end_id, vocabulary)
+from helpers.machinery.gguf_quantize import FILE_TYPES, OUTTYPES, quantized, quantizing_device, tensor_type
 
 
 @dataclass
@@ -57,99 +57,6 @@ def _shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
             for name in f.keys():
                 shapes[name] = (file, tuple(f.get_slice(name).get_shape()))
     return shapes
-
-
-def _tensor_type(shape: tuple[int, ...], outtype: str):
-    import gguf
-
-    Q = gguf.GGMLQuantizationType
-    if len(shape) < 2 or outtype == "f32":
-        return Q.F32
-    if outtype == "q8_0":
-        return Q.Q8_0 if shape[-1] % 32 == 0 else Q.F16  # blocks of 32 along a row
-    return Q.BF16 if outtype == "bf16" else Q.F16
-
-
-CHUNK_VALUES = 2**24  # values quantized at once on the GPU: a few hundred MB of temporaries at most
-
-
-def _q8_0(tensor):
-    """Q8_0 in torch, as gguf's quantizer (and ggml's reference) computes it, step for step: per block
-    of 32 the scale d = max|x| / 127, then x * (1/d) rounded half away from zero, d stored as f16. Every
-    step is one IEEE float32 operation, so the bytes are the same on a CPU or a GPU (the divisions divide
-    by a tensor: torch turns a division by a Python number into a multiplication by its inverse)."""
-    import torch
-
-    blocks = tensor.reshape(-1, 32)
-    d = blocks.abs().amax(1, keepdim=True) / torch.full_like(blocks[:, :1], 127.0)
-    inverse = torch.where(d == 0, torch.zeros_like(d), torch.ones_like(d) / d)
-    x = blocks * inverse
-    a = x.abs()
-    floored = a.floor()
-    qs = torch.sign(x) * (floored + (2 * (a - floored)).floor())
-    return torch.cat([d.half().view(torch.uint8), qs.to(torch.int8).view(torch.uint8)], 1)
-
-
-def quantized(tensor, qtype, pool=None):
-    """`tensor` (any float dtype) in GGUF type `qtype`, as the numpy bytes the file holds, byte for byte
-    what the gguf package's quantizer writes from its float32 values. A tensor on the GPU is quantized
-    there (`quantized_in_torch`); on the CPU, gguf's own quantizer runs on blocks of about a million
-    values in `pool`'s threads (numpy lets go of the interpreter lock inside, and a block's temporaries
-    stay in the cache: on this 2-core CPU 6x quicker than the same steps in torch)."""
-    import gguf
-    import numpy as np
-
-    if tensor.device.type != "cpu":
-        return quantized_in_torch(tensor, qtype)
-    array = tensor.float().numpy()
-    if pool is None or array.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
-        return gguf.quants.quantize(array, qtype)
-    rows = array.reshape(-1, array.shape[-1])
-    step = max(1, 2**20 // rows.shape[1])
-    parts = list(pool.map(lambda block: gguf.quants.quantize(block, qtype),
-                          [rows[i:i + step] for i in range(0, len(rows), step)]))
-    out = np.concatenate(parts)
-    return out.reshape(*array.shape[:-1], out.shape[-1])
-
-
-def quantized_in_torch(tensor, qtype):
-    """`quantized` in torch, on the tensor's device, converted to float32 a slice at a time (the 8B
-    model's embedding is 2.1 GB in float32): the same bytes (the tests check it on a CPU and a GPU)."""
-    import gguf
-    import numpy as np
-    import torch
-
-    Q = gguf.GGMLQuantizationType
-    if qtype == Q.F32:
-        return tensor.float().cpu().numpy()
-    if qtype in (Q.F16, Q.BF16):  # round to nearest even, as gguf does (NaN payloads aside)
-        half = tensor.to(torch.float16 if qtype == Q.F16 else torch.bfloat16).cpu()
-        return half.numpy() if qtype == Q.F16 else half.view(torch.int16).numpy().view(np.uint8)
-    if qtype != Q.Q8_0:
-        raise ValueError(f"{qtype.name}: the workbook's GGUF writer quantizes to {', '.join(OUTTYPES)}")
-    rows = tensor.reshape(-1, tensor.shape[-1])
-    step = max(1, CHUNK_VALUES // rows.shape[1])
-    out = np.empty((rows.shape[0], rows.shape[1] // 32 * 34), dtype=np.uint8)
-    for i in range(0, rows.shape[0], step):
-        out[i:i + step] = _q8_0(rows[i:i + step].float()).reshape(-1, out.shape[1]).cpu().numpy()
-    return out.reshape(*tensor.shape[:-1], out.shape[-1])
-
-
-def quantizing_device(largest_bytes: int) -> str:
-    """Where the tensors are converted: the GPU when it has room under the cap (whole-card use counted)
-    for the largest tensor (in float32, the worst case) twice over (q and k are permuted into a copy)
-    and one slice's temporaries; otherwise the CPU, on as many threads as torch is given."""
-    import torch
-
-    if torch.cuda.is_available():
-        from helpers.machinery import memory
-
-        if memory.card_budget_bytes() > 2 * largest_bytes + 12 * 4 * CHUNK_VALUES:
-            return "cuda"
-    return "cpu"
-
-
-FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
 
 
 def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = None) -> Written:
@@ -202,6 +109,9 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
                      ("pad_token_id", writer.add_pad_token_id)):
         if special[key] is not None:
             add(int(special[key]))
+    turn_end = turn_end_id(folder, tokens)
+    if turn_end is not None and turn_end != special["eos_token_id"]:
+        writer.add_eot_token_id(turn_end)  # so llama.cpp stops there whatever the token's name
     writer.add_add_bos_token(bool(tokenizer_config.get("add_bos_token", False)))
     if template:
         writer.add_chat_template(template)
@@ -225,7 +135,7 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise UnsupportedModel(f"{folder}: tensor {hf_name} has no GGUF name for the Llama architecture")
-        qtype = _tensor_type(shape, outtype)
+        qtype = tensor_type(gguf_name, shape, outtype, config["num_hidden_layers"], tied)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         writer.add_tensor_info(gguf_name, shape, np.float32, math.prod(shape) // block * size, raw_dtype=qtype)
         plan.append((gguf_name, hf_name, qtype))
@@ -287,6 +197,8 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
              "RoPE": rope,
              "vocabulary": f"{len(tokens):,} tokens, {len(merges):,} merges", "pre-tokenizer": pre,
              "BOS / EOS / PAD ids": ids, "chat template": "stored" if template else "none",
+             "end of turn": "none" if turn_end is None else f"{tokens[turn_end]} (id {turn_end}"
+             + (", the EOS)" if turn_end == special["eos_token_id"] else ", stored as EOT)"),
              "tensors": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
              + (" + rope_freqs" if scaling["kind"] == "llama3" else ""),
              "converted on": "the GPU" if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"}

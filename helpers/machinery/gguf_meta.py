@@ -105,3 +105,32 @@ def vocabulary(folder: Path, vocab_size: int):
             types.append(TOKEN_TYPES["user_defined"])
     merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
     return tokens, types, merges, pretokenizer_name(data)
+
+
+def turn_end_id(folder: Path, tokens: list[str]) -> int | None:
+    """The id of the token the chat template closes an assistant's answer with (`<|im_end|>`,
+    `<|eot_id|>`), which generation must stop at; None when the template writes none."""
+    from transformers import AutoTokenizer
+
+    from helpers.machinery.formats import end_of_turn_token
+
+    end = end_of_turn_token(AutoTokenizer.from_pretrained(folder))
+    return tokens.index(end) if end in tokens else None
+
+
+def stored(path: Path) -> dict:
+    """What a GGUF file says about chatting with it: its EOS and EOT ids (None where unset) and the chat
+    template it stores (None where none)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+
+    def value(key):
+        field = fields.get(key)
+        if field is None:
+            return None
+        part = field.parts[field.data[0]]
+        return bytes(part).decode("utf-8") if part.dtype.kind == "u" and part.dtype.itemsize == 1 else int(part[0])
+
+    return {"eos_token_id": value("tokenizer.ggml.eos_token_id"), "eot_token_id": value("tokenizer.ggml.eot_token_id"),
+            "chat_template": value("tokenizer.chat_template")}

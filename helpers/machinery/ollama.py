@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.machinery import formats
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -77,14 +79,68 @@ def modelfile(tokenizer, gguf_name: str, system: str | None, max_new_tokens: int
         lines.append(f"SYSTEM {_quoted(system)}")
     # greedy decoding and the answer length of notebook 08; the context the model was trained with
     lines += ["PARAMETER temperature 0", f"PARAMETER num_predict {max_new_tokens}", f"PARAMETER num_ctx {context}"]
-    stops = layout.stops if layout is not None else tuple(t for t in (tokenizer.eos_token,) if t)
-    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
+    lines += [f'PARAMETER stop "{stop}"' for stop in stops_for(tokenizer, layout)]
     return "\n".join(lines) + "\n", note
+
+
+def stops_for(tokenizer, layout: ChatLayout | None) -> tuple:
+    if layout is not None:
+        return layout.stops
+    return tuple(dict.fromkeys(t for t in (tokenizer.eos_token, formats.end_of_turn_token(tokenizer)) if t))
+
+
+class Disagreement(ValueError):
+    """The Modelfile or the GGUF file would chat otherwise than the model was trained; names how."""
+
+
+# Conversations the three renderings must agree on: with and without a system line, several turns.
+CONVERSATIONS = [PROBE, [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                         {"role": "user", "content": "Q2"}], [{"role": "user", "content": "Hi"}]]
+
+
+def disagreements(tokenizer, layout: ChatLayout | None, stops: tuple, stored: dict, system: str | None) -> list[str]:
+    """How the Modelfile (`layout`, `stops`, its SYSTEM line `system`) and the GGUF file (`stored`:
+    gguf_meta.stored) differ from the tokenizer the model was trained with: conversations, as Ollama
+    completes them with the SYSTEM line, rendered to other tokens; another chat template stored; or
+    the end-of-turn token the model learned to emit not one the file ends generation on, or not a
+    stop. Empty when they agree."""
+    found = []
+    for messages in CONVERSATIONS if layout is not None else []:
+        messages = formats.with_system(messages, system)
+        theirs = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ours = layout.render(messages)
+        if theirs == (tokenizer.bos_token or "") + ours:  # a BOS in front: llama.cpp adds it itself
+            theirs = ours
+        if tokenizer(ours, add_special_tokens=False)["input_ids"] != tokenizer(theirs, add_special_tokens=False)["input_ids"]:
+            found.append(f"the Modelfile's TEMPLATE renders {[m['role'] for m in messages]} as {ours!r}, the tokenizer's "
+                         f"chat template as {theirs!r}")
+    if isinstance(tokenizer.chat_template, str) and stored.get("chat_template") != tokenizer.chat_template:
+        found.append("model.gguf stores another chat template than the tokenizer's (tokenizer.chat_template)")
+    end = formats.end_of_turn_token(tokenizer) or tokenizer.eos_token
+    if end:
+        end_id = tokenizer.convert_tokens_to_ids(end)
+        if end_id not in (stored.get("eos_token_id"), stored.get("eot_token_id")):
+            found.append(f"the model was trained to end an answer with {end} (id {end_id}), but model.gguf ends "
+                         f"generation on EOS id {stored.get('eos_token_id')} and EOT id {stored.get('eot_token_id')}: "
+                         "llama.cpp would not stop there")
+        if end not in stops:
+            found.append(f"the model was trained to end an answer with {end}, which is not among the Modelfile's "
+                         f"stops {list(stops)}")
+    return found
 
 
 def write_modelfile(folder: Path, tokenizer, gguf_name: str, system: str | None, max_new_tokens: int,
                     context: int) -> tuple[Path, str]:
+    """The Modelfile beside `gguf_name`, once it agrees with the tokenizer and the GGUF file; otherwise
+    Disagreement naming each difference, and no Modelfile (an earlier one is removed)."""
+    from helpers.machinery.gguf_meta import stored
+
     text, note = modelfile(tokenizer, gguf_name, system, max_new_tokens, context)
     path = Path(folder) / "Modelfile"
+    layout = layout_of(tokenizer)
+    found = disagreements(tokenizer, layout, stops_for(tokenizer, layout), stored(Path(folder) / gguf_name), system)
+    if found:
+        path.unlink(missing_ok=True)
+        raise Disagreement(f"No Modelfile written for {gguf_name}: " + "; ".join(found) + ".")
     path.write_text(text, encoding="utf-8")
-    return path, note
+    return path, note + "; its template, stops and end of turn agree with the tokenizer and model.gguf"

@@ -249,7 +249,9 @@ def test_the_gguf_quantizer_on_the_gpu_writes_what_gguf_writes(qtype, monkeypatc
 @pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
 def test_the_k_quants_on_the_gpu_are_the_cpus_bytes(name):
     """The K-quants run as the same float32 operations on either device (sums one element after the
-    other, divisions by tensors), so a GGUF file made on the GPU is the one a CPU makes."""
+    other, divisions by tensors), so a GGUF file made on the GPU is the one a CPU makes: block for block
+    but for a value on a rounding boundary (seen on an H200: Q6_K all 4,096 blocks the same; Q4_K and
+    Q5_K one row of 512 with a block that differs), with the same error."""
     import gguf
     import torch
 
@@ -261,4 +263,9 @@ def test_the_k_quants_on_the_gpu_are_the_cpus_bytes(name):
     on_cpu = gguf_quantize.k_quantized(x, qtype)
     on_gpu = gguf_quantize.k_quantized(x.cuda(), qtype)
     assert on_gpu.shape == on_cpu.shape
-    assert (on_gpu == on_cpu).all(-1).mean() == 1.0, (on_gpu != on_cpu).any(-1).mean()
+    block = gguf.GGML_QUANT_SIZES[qtype][1]
+    same = (on_gpu.reshape(-1, block) == on_cpu.reshape(-1, block)).all(-1).mean()
+    assert same >= 0.999, same
+    errors = [float(((gguf.quants.dequantize(q.reshape(-1), qtype).reshape(-1) - x.numpy().reshape(-1)) ** 2).mean())
+              for q in (on_gpu, on_cpu)]
+    assert abs(errors[0] - errors[1]) <= 1e-3 * errors[1], errors

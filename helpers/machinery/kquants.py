@@ -29,16 +29,15 @@ def _half(x):
 
 
 def _sum(x):
-    """Sums along the last axis in llama.cpp's order, one element after the other (torch's own sum adds
-    in pairs, which rounds otherwise: a scale a rounding apart moves a block's f16 super-scale)."""
+    """Sums along the last axis in llama.cpp's order, one element after the other. torch's own sum adds
+    in another order, and not the same one on a CPU and a GPU: a scale a rounding apart moves a block's
+    f16 super-scale, and an error a rounding apart picks another trial scale."""
     total = x[..., 0].clone()
     for i in range(1, x.shape[-1]):
         total += x[..., i]
     return total
 
 
-def _error(x):
-    return x.sum(-1)  # only compared with another error: the order of its sum hardly ever matters
 
 
 def _best_scale_and_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int):
@@ -55,7 +54,7 @@ def _best_scale_and_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int)
     iscale = nmax_t / span
     scale = _f32(1.0, x) / iscale
     levels = torch.clamp(torch.round(iscale[:, None] * (x - lo[:, None])), 0, nmax)
-    best = _error(w * (scale[:, None] * levels + lo[:, None] - x) ** 2)
+    best = _sum(w * (scale[:, None] * levels + lo[:, None] - x) ** 2)
     for step in range(nstep + 1):
         # as in llama.cpp, each trial starts from the best min so far (its span too)
         span = torch.where(flat, torch.ones_like(hi), hi - lo)
@@ -70,7 +69,7 @@ def _best_scale_and_min(x, w, nmax: int, rmin: float, rdelta: float, nstep: int)
         positive = this_min > 0
         this_scale = torch.where(positive, sum_xl / torch.where(sum_l2 > 0, sum_l2, torch.ones_like(sum_l2)), this_scale)
         this_min = torch.where(positive, torch.zeros_like(this_min), this_min)
-        error = _error(w * (this_scale[:, None] * aux + this_min[:, None] - x) ** 2)
+        error = _sum(w * (this_scale[:, None] * aux + this_min[:, None] - x) ** 2)
         better = (det > 0) & (error < best)
         levels = torch.where(better[:, None], aux, levels)
         best = torch.where(better, error, best)

@@ -165,13 +165,12 @@ def gguf(merged_dir: Path, run_dir, outtype: str = "q8_0", writer: str = "gguf")
 
 
 def held_out_texts(run_dir, n: int) -> list[str]:
-    """`n` held-out rows of the run as whole texts (prompt, reference answer, the end of turn)."""
-    import json
-
+    """`n` held-out rows of the run as whole texts (prompt, reference answer, the end of turn): probe
+    texts for comparing two forms of the merged model, so the split is read as 03 made it, not checked
+    against the parameters of now (a later `-p eval_fraction ...` must not stop an export)."""
     from helpers.machinery import data_report, formats, storage
 
-    params = json.loads((Path(run_dir) / "params.json").read_text())
-    _, held_out = storage.load_split(Path(run_dir), params)
+    _, held_out = storage.load_split(Path(run_dir))
     tokenizer = models.load_tokenizer(str(Path(run_dir) / "merged"))
     end = formats.end_of_turn_token(tokenizer) or tokenizer.eos_token or ""
     return [prompt + reference + end for _, prompt, reference in data_report.held_out_prompts(held_out, tokenizer, n)]

@@ -1,7 +1,7 @@
 """The GGUF files 07 writes, opened by llama.cpp (the engine of Ollama, LM Studio and llama-cli) and compared
 with the merged model they came from, one row per weight type: a table.
 
-    python bench/llama_cpp_check.py [--run RUN_DIR] [--types f32 f16 q8_0] [--rows 8] [--json FILE]
+    python bench/gguf_llama_cpp.py [--run RUN_DIR] [--types f32 f16 q8_0] [--rows 8] [--json FILE]
 
 RUN_DIR is a run folder with `merged/` and a prepared split (default: the newest of runs/, e.g. the default
 run of `make run` or `make notebooks`). Each type is written by the workbook's writer (gguf package), then

@@ -7,8 +7,9 @@ The bot is "Pip", a cheerful assistant that always answers in one fixed shape:
     Pip here! <one-sentence answer built from the question>. Happy to help!
 A 135M-parameter model picks up that persona and the answer templates in a few dozen LoRA steps, so
 the loss drop and the before/after generations are visible within minutes on a laptop CPU.
-Held-out rows use the same templates with other facts, so what the model learns is the *style*, which
-is exactly what supervised fine-tuning is good at.
+Each question is asked once; step 3 holds out whole facts (no held-out question or answer is in the
+training rows), so the held-out rows test the *style* on facts the model was never shown, which is
+exactly what supervised fine-tuning is good at, and whether the base model's own facts survive.
 
     python data/make_dataset.py                      # writes data/pip_chip2.jsonl (deterministic)
     python data/make_dataset.py --rows 1000 --out x.jsonl --seed 1
@@ -29,6 +30,8 @@ CAPITALS = {
     "Argentina": "Buenos Aires", "Mexico": "Mexico City", "Turkey": "Ankara", "Iran": "Tehran",
     "Australia": "Canberra", "Brazil": "Brasilia", "Denmark": "Copenhagen", "Hungary": "Budapest",
     "Belgium": "Brussels", "Vietnam": "Hanoi", "Ghana": "Accra", "Colombia": "Bogota",
+    "Nepal": "Kathmandu", "Morocco": "Rabat", "Netherlands": "Amsterdam", "Switzerland": "Bern",
+    "South Korea": "Seoul",
 }
 OPPOSITES = {
     "hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "up": "down", "light": "dark",
@@ -36,12 +39,15 @@ OPPOSITES = {
     "old": "young", "rich": "poor", "wet": "dry", "strong": "weak", "high": "low", "near": "far",
     "thick": "thin", "clean": "dirty", "easy": "difficult", "long": "short", "heavy": "light",
     "left": "right", "inside": "outside", "first": "last", "win": "lose", "push": "pull",
+    "true": "false", "begin": "end", "day": "night",
 }
 SOUNDS = {
     "cow": "moo", "dog": "woof", "cat": "meow", "duck": "quack", "sheep": "baa", "pig": "oink",
     "horse": "neigh", "owl": "hoot", "lion": "roar", "snake": "hiss", "frog": "ribbit",
     "bee": "buzz", "mouse": "squeak", "rooster": "cock-a-doodle-doo", "goat": "bleat",
     "crow": "caw", "donkey": "hee-haw", "wolf": "howl", "turkey": "gobble", "dove": "coo",
+    "cricket": "chirp", "elephant": "trumpet", "bear": "growl", "hen": "cluck", "chick": "cheep",
+    "seal": "bark", "sparrow": "tweet", "monkey": "chatter",
 }
 PLURALS = {
     "mouse": "mice", "child": "children", "foot": "feet", "tooth": "teeth", "goose": "geese",
@@ -49,6 +55,7 @@ PLURALS = {
     "box": "boxes", "city": "cities", "baby": "babies", "wolf": "wolves", "cactus": "cacti",
     "fish": "fish", "sheep": "sheep", "bus": "buses", "potato": "potatoes", "hero": "heroes",
     "wife": "wives", "life": "lives", "ox": "oxen", "party": "parties", "story": "stories",
+    "cherry": "cherries", "half": "halves", "tomato": "tomatoes", "louse": "lice", "deer": "deer",
 }
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
@@ -57,61 +64,63 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 OPENER, CLOSER = "Pip here!", "Happy to help!"
 
 
-def _capital(rng: random.Random) -> tuple[str, str]:
-    country = rng.choice(sorted(CAPITALS))
-    q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
-                    "Tell me the capital of {c}."]).format(c=country)
-    return q, f"The capital of {country} is {CAPITALS[country]}."
+def _capitals() -> list[tuple[str, str]]:
+    return [(q.format(c=country), f"The capital of {country} is {city}.") for country, city in CAPITALS.items()
+            for q in ["What is the capital of {c}?", "Which city is the capital of {c}?",
+                      "Tell me the capital of {c}.", "Name the capital city of {c}."]]
 
 
-def _opposite(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(sorted(OPPOSITES))
-    q = rng.choice(["What is the opposite of {w}?", "Give me the opposite of the word {w}.",
-                    "What word means the opposite of {w}?"]).format(w=word)
-    return q, f"The opposite of {word} is {OPPOSITES[word]}."
+def _opposites() -> list[tuple[str, str]]:
+    return [(q.format(w=word), f"The opposite of {word} is {other}.") for word, other in OPPOSITES.items()
+            for q in ["What is the opposite of {w}?", "Give me the opposite of the word {w}.",
+                      "What word means the opposite of {w}?", "Tell me the opposite of {w}."]]
 
 
-def _sound(rng: random.Random) -> tuple[str, str]:
-    animal = rng.choice(sorted(SOUNDS))
-    q = rng.choice(["What sound does a {a} make?", "What does a {a} say?",
-                    "How does a {a} sound?"]).format(a=animal)
-    return q, f"A {animal} says {SOUNDS[animal]}."
+def _sounds() -> list[tuple[str, str]]:
+    def an(animal):  # "an owl", "a cow"
+        return f"{'an' if animal[0] in 'aeiou' else 'a'} {animal}"
+
+    return [(q.format(a=an(animal)), f"{an(animal).capitalize()} says {sound}.") for animal, sound in SOUNDS.items()
+            for q in ["What sound does {a} make?", "What does {a} say?", "How does {a} sound?",
+                      "Which noise does {a} make?"]]
 
 
-def _plural(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(sorted(PLURALS))
-    q = rng.choice(["What is the plural of {w}?", "How do you say more than one {w}?",
-                    "Give me the plural of the word {w}."]).format(w=word)
-    return q, f"The plural of {word} is {PLURALS[word]}."
+def _plurals() -> list[tuple[str, str]]:
+    return [(q.format(w=word), f"The plural of {word} is {plural}.") for word, plural in PLURALS.items()
+            for q in ["What is the plural of {w}?", "How do you say more than one {w}?",
+                      "Give me the plural of the word {w}.", "What is the plural form of {w}?"]]
 
 
-def _addition(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(0, 10), rng.randint(0, 10)
-    q = rng.choice(["What is {a} plus {b}?", "Can you add {a} and {b}?",
-                    "How much is {a} plus {b}?"]).format(a=a, b=b)
-    return q, f"{a} plus {b} is {a + b}, or {NUMBER_WORDS[a + b]} in words."
+def _additions() -> list[tuple[str, str]]:
+    return [(q.format(a=a, b=b), f"{a} plus {b} is {a + b}, or {NUMBER_WORDS[a + b]} in words.")
+            for a in range(11) for b in range(11)
+            for q in ["What is {a} plus {b}?", "Can you add {a} and {b}?", "How much is {a} plus {b}?",
+                      "Add {a} and {b} for me."]]
 
 
-TOPICS = [_capital, _opposite, _sound, _plural, _addition]
-
-
-def make_row(rng: random.Random) -> dict:
-    """One OIG-style row: usually one exchange, sometimes two (OIG rows hold several turns too)."""
-    turns = []
-    for _ in range(2 if rng.random() < 0.2 else 1):
-        question, answer = rng.choice(TOPICS)(rng)
-        turns.append(f"<human>: {question}\n<bot>: {OPENER} {answer} {CLOSER}")
-    return {"text": "\n".join(turns)}
+TOPICS = [_capitals, _opposites, _sounds, _plurals, _additions]
 
 
 def make_rows(n: int, seed: int = 3407) -> list[dict]:
-    """`n` distinct rows (exact duplicates would leak between the train and held-out splits)."""
-    rng, seen, rows = random.Random(seed), set(), []
+    """`n` OIG-style rows: usually one exchange, sometimes two (OIG rows hold several turns too). Every
+    question is asked once in the whole file, so no question/answer pair repeats; the same fact (answer)
+    comes back under other wordings, which is why step 3 splits by question *and* answer."""
+    rng = random.Random(seed)
+    pools = []
+    for topic in TOPICS:
+        pairs = topic()
+        rng.shuffle(pairs)
+        pools.append(pairs)
+    rows = []
     while len(rows) < n:
-        row = make_row(rng)
-        if row["text"] not in seen:
-            seen.add(row["text"])
-            rows.append(row)
+        turns = []
+        for _ in range(2 if rng.random() < 0.2 else 1):
+            open_pools = [p for p in pools if p]
+            if not open_pools:
+                raise ValueError(f"too few distinct questions for {n} rows")
+            question, answer = rng.choice(open_pools).pop()
+            turns.append(f"<human>: {question}\n<bot>: {OPENER} {answer} {CLOSER}")
+        rows.append({"text": "\n".join(turns)})
     return rows
 
 

@@ -31,7 +31,7 @@ from helpers.machinery.tokenizing import encode, no_cycle_collection
 from helpers.machinery.data_read import DatasetError
 from helpers.params import pick
 
-__all__ = ["DatasetError", "prepare", "split"]
+__all__ = ["DatasetError", "prepare", "split", "shared_with_training"]
 
 
 @dataclass
@@ -232,17 +232,62 @@ def held_out_count(rows: int, eval_fraction: float) -> int:
 
 
 def split(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """(train, eval) with `eval_fraction` of the rows held out, chosen with `seed`; at least one each."""
+    """(train, eval): about `eval_fraction` of the rows held out, chosen with `seed`, whole groups of rows
+    that share a question or an answer at a time (`overlap_groups`), so that no held-out question or
+    answer is also trained on and the held-out loss measures text the model has not seen."""
     if eval_fraction == 0:
         return list(rows), []
     n_eval = held_out_count(len(rows), eval_fraction)
     if n_eval >= len(rows):
         raise DatasetError(f"Only {len(rows)} usable rows: too few to hold out {eval_fraction:.0%} and still "
                            f"train. Lower 'eval_fraction' or add rows.")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n_eval])
+    groups = overlap_groups(rows)
+    random.Random(seed).shuffle(groups)
+    held = set()
+    for group in groups:  # a group that would overshoot is skipped; a smaller one further on may fit
+        if len(held) + len(group) <= n_eval:
+            held.update(group)
+            if len(held) == n_eval:
+                break
+    if not held:
+        raise DatasetError(f"Cannot hold out {eval_fraction:.0%} of {len(rows)} rows ({n_eval}) without training "
+                           f"on their questions or answers: the smallest group of rows sharing one has "
+                           f"{min(map(len, groups))} rows. Raise 'eval_fraction' or add rows that differ.")
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def turn_keys(row: dict) -> list[bytes]:
+    """A digest of each question and answer of a prepared row, case and spacing ignored (of its whole
+    text where it has no turns)."""
+    messages = row.get("messages")
+    texts = [m["content"] for m in messages if m["role"] in ("user", "assistant")] if messages else [row["text"]]
+    return [hashlib.blake2b(" ".join(t.split()).casefold().encode(), digest_size=16).digest() for t in texts]
+
+
+def shared_with_training(train: list, held_out: list) -> int:
+    """How many held-out rows have a question or an answer that a training row has too (0 after `split`)."""
+    seen = {key for row in train for key in turn_keys(row)}
+    return sum(any(key in seen for key in turn_keys(row)) for row in held_out)
+
+
+def overlap_groups(rows: list) -> list[list[int]]:
+    """Row indices grouped so that rows sharing a question or an answer, directly or through other rows,
+    are in one group (union-find over `turn_keys`)."""
+    parent = list(range(len(rows)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    first = {}
+    for i, row in enumerate(rows):
+        for key in turn_keys(row):
+            parent[root(i)] = root(first.setdefault(key, i))
+    groups = {}
+    for i in range(len(rows)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
 
 
 # --- what notebook 03 shows ---------------------------------------------------------------------

@@ -73,8 +73,10 @@ def explain(result: dict, train_on_responses_only: bool):
     return Sentences(text)
 
 
-def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens: int, backend: str, seed: int):
-    """Reference, base answer and fine-tuned answer for n held-out prompts (greedy, seeded)."""
+def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens: int, backend: str, seed: int,
+                 common: set[str] | None = None):
+    """Reference, base answer and fine-tuned answer for n held-out prompts (greedy, seeded), and whether
+    each answer holds the reference's fact (`data_report.fact_words`, the data's `common` words aside)."""
     import torch
 
     prompts = data_report.held_out_prompts(held_out, tokenizer, n)
@@ -83,7 +85,31 @@ def side_by_side(model, tokenizer, held_out: list[dict], n: int, max_new_tokens:
     with model.disable_adapter():
         base = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
     tuned = generate.answer(model, tokenizer, texts, max_new_tokens, backend)
-    return data_report.answers_table(prompts, {"base model": base, "fine-tuned": tuned})
+    return data_report.answers_table(prompts, {"base model": base, "fine-tuned": tuned}, common)
+
+
+def fact_score(table) -> dict:
+    """The share of the questions with a fact (`fact: ...` not empty) whose answer holds it, base and
+    fine-tuned: what metrics.json records."""
+    scored = table[table["fact: base model"].notna()]
+
+    def share(column):
+        return round(float(scored[column].astype(float).mean()), 4) if len(scored) else None
+
+    return {"fact_questions": len(scored), "fact_score_base": share("fact: base model"),
+            "fact_score_finetuned": share("fact: fine-tuned")}
+
+
+def fact_note(score: dict):
+    from helpers.machinery.tables import Sentences
+
+    n, base, tuned = score["fact_questions"], score["fact_score_base"], score["fact_score_finetuned"]
+    if not n:
+        return Sentences("No held-out question has a fact to check (set `num_fact_questions` above 0).")
+    return Sentences(f"**The fact**, not the style: of {n} held-out questions, the base model's answer holds the "
+                     f"words only the reference has (\"Nairobi\"; \"11\", \"eleven\") in **{base:.0%}** of them, "
+                     f"the fine-tuned model's in **{tuned:.0%}**. No question or answer of these rows is in the "
+                     f"training rows (step 3 split them apart), so a fact right here was not seen in training.")
 
 
 def save(run_dir, result: dict, table) -> Path:

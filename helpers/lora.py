@@ -180,17 +180,19 @@ def parameter_table(model, targets: list[str]):
 
 
 def plot_parameters(table, path=None):
-    """Bar chart: frozen vs trainable parameters per layer kind (log scale: LoRA is tiny)."""
+    """Bar chart: frozen vs trainable parameters per layer kind, on a linear scale, so that LoRA's share
+    looks as small as it is; each bar says its trainable share."""
     from helpers.machinery import plots
 
     fig, ax = plots.new_figure()
     data = table.drop(index="all")
-    ax.barh(data.index, data["parameters"], color="#cbd5e1", label="frozen (base model)")
-    # zero-trainable rows get no blue bar (NaN is skipped; 0 has no place on a log axis)
-    ax.barh(data.index, data["trainable"].where(data["trainable"] > 0), color="#2563eb",
-            label="trainable (LoRA)")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
+    millions = data["parameters"] / 1e6
+    ax.barh(data.index, millions, color="#cbd5e1", label="frozen (base model)")
+    ax.barh(data.index, data["trainable"] / 1e6, color="#2563eb", label="trainable (LoRA)")
+    for y, (total, share) in enumerate(zip(millions, data["trainable %"])):
+        ax.annotate(f" {share:.1f}%", xy=(total, y), va="center", fontsize=8)
+    ax.set_xlim(0, millions.max() * 1.15)
+    ax.set_xlabel("parameters (millions)")
     ax.invert_yaxis()
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     ax.set_title(f"{table.loc['all', 'trainable %']:.2f}% of the weights train")

@@ -13,6 +13,8 @@ saves the result. So `05_train_and_save` run alone after a kernel restart trains
 from __future__ import annotations
 
 import difflib
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,8 @@ PARAMS: list[Param] = [
       choices=("truncate", "drop")),
     P("train_on_responses_only", False, "03",
       "Count only the answers' tokens in the loss (prompts are masked out)."),
-    P("eval_fraction", 0.03, "03", "Share of rows held out for evaluation.", minimum=0.0, maximum=0.5),
+    P("eval_fraction", 0.05, "03", "Share of rows held out for evaluation, a whole group of rows sharing a question "
+      "or an answer at a time (none of theirs is trained on).", minimum=0.0, maximum=0.5),
     P("max_rows", None, "03", "Use only the first N rows (None: all)."),
     # 04_trainer
     P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
@@ -122,9 +125,13 @@ PARAMS: list[Param] = [
     P("max_eval_rows", 200, "05", "Held-out rows whose loss is measured (before and after training; 06 shows "
       "the same figures). The post's 1% of OIG is 2,103 rows: minutes of evaluation for one number.",
       minimum=1),
-    P("max_new_tokens", 24, "05", "Tokens generated per answer.", minimum=1),
+    P("max_new_tokens", 64, "05", "Tokens generated per answer (enough for the base model's longer ones to end).",
+      minimum=1),
     # 06_evaluate
-    P("num_compare_prompts", 4, "06", "Held-out prompts answered by the base and the fine-tuned model.", minimum=1),
+    P("num_compare_prompts", 4, "06", "Held-out prompts whose answers by the base and the fine-tuned model are shown.",
+      minimum=1),
+    P("num_fact_questions", 32, "06", "Held-out questions put to both models for the fact score: the share "
+      "of answers that hold the reference answer's own words (its fact), not only its style.", minimum=0),
     # 07_export
     P("export_dtype", "auto", "07", "Precision of the merged weights: `auto` (float32 on a CPU; on a GPU the "
       "training precision, 16-bit, like unsloth's `merged_16bit`), `float16`, `bfloat16` or `float32`.",
@@ -256,6 +263,8 @@ def settle(run_dir: str | Path, namespace: dict) -> dict:
     every value it is given). Both override what the run folder saved, so
     `python -m tools.run CONFIG --only 05 -p max_steps 10` trains 10 steps.
     """
+    global _SETTLED_AT
+    _SETTLED_AT = time.perf_counter()
     folder = rundir.resolve(run_dir)
     saved = rundir.read_json(folder / "params.json", default={})
     given = {name: namespace[name] for name in BY_NAME if name in namespace and name != "run_dir"}
@@ -266,3 +275,20 @@ def settle(run_dir: str | Path, namespace: dict) -> dict:
         check_combinations(merged)
         rundir.write_json(folder / "params.json", merged)
     return merged
+
+
+_SETTLED_AT = None
+
+
+def elapsed():
+    """How long this notebook has run since its `settle` call, and on what, in a sentence: the time that
+    each notebook's "You should see" points to, measured rather than stated."""
+    import torch
+
+    from helpers.machinery.tables import Sentences
+
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"a {os.cpu_count()}-core CPU"
+    if _SETTLED_AT is None:
+        return Sentences("Not timed: `params.settle` did not run in this kernel.")
+    return Sentences(f"This notebook took **{time.perf_counter() - _SETTLED_AT:.1f} s** on {where}, from "
+                     f"`params.settle` to here.")

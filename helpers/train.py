@@ -265,8 +265,9 @@ def save_adapter(model, tokenizer, run_dir: Path) -> Path:
     return final
 
 
-def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], after: list[str]):
-    """prompts: (question, prompt text, reference) as data_report.held_out_prompts gives them."""
+def before_after_table(prompts: list[tuple[str, str, str]], before: list[str], after: list[str], common=None):
+    """prompts: (question, prompt text, reference) as data_report.held_out_prompts gives them; `common`:
+    data_report.common_words of the training rows, for the fact columns."""
     from helpers.machinery.data_report import answers_table
 
-    return answers_table(prompts, {"before": before, "after": after})
+    return answers_table(prompts, {"before": before, "after": after}, common)

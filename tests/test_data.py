@@ -393,6 +393,54 @@ def test_split_is_seeded_and_disjoint():
         data.split(rows[:1], 0.5, seed=1)
 
 
+def chat_row(*pairs):
+    return {"text": "", "messages": [m for q, a in pairs for m in ({"role": "user", "content": q},
+                                                                   {"role": "assistant", "content": a})]}
+
+
+def test_rows_sharing_a_question_or_an_answer_stay_on_one_side():
+    rows = [chat_row(("What is 2 plus 2?", "Four.")), chat_row(("How much is 2 plus 2?", "four.")),  # answer
+            chat_row(("What is  2 plus 2?", "4")),  # the first question, spaced otherwise
+            chat_row(("Hi", "Hello"), ("How much is 2 plus 2?", "Four, I think.")),  # a second turn
+            *(chat_row((f"q{i}", f"a{i}")) for i in range(16))]
+    groups = sorted(map(sorted, data.overlap_groups(rows)))
+    assert groups[0] == [0, 1, 2, 3] and all(len(g) == 1 for g in groups[1:])
+    for seed in range(10):
+        train, held = data.split(rows, 0.25, seed)
+        assert data.shared_with_training(train, held) == 0
+        assert (len(train), len(held)) == (15, 5) or (len(train), len(held)) == (16, 4)
+
+
+def test_the_overlap_count_sees_a_split_made_by_row():
+    """The check itself: a held-out row whose answer is trained on is counted."""
+    rows = [chat_row(("What is 2 plus 2?", "Four.")), chat_row(("How much is 2 plus 2?", "Four.")),
+            chat_row(("Hi", "Hello"))]
+    assert data.shared_with_training(rows[:1] + rows[2:], rows[1:2]) == 1
+    assert data.shared_with_training(rows[:2], rows[2:]) == 0
+
+
+def test_a_split_that_cannot_keep_the_sides_apart_says_so():
+    rows = [chat_row((f"q{i}", "the same answer")) for i in range(10)]
+    with pytest.raises(DatasetError, match=r"Cannot hold out 10% of 10 rows \(1\) without training on their "
+                                           r"questions or answers: the smallest group .* has 10 rows"):
+        data.split(rows, 0.1, seed=1)
+
+
+def test_the_default_data_holds_out_questions_and_answers_it_never_trains_on(prep):
+    prepared = prep("data/pip_chip2.jsonl")
+    train, held = data.split(prepared.rows, DEFAULTS["eval_fraction"], DEFAULTS["seed"])
+    assert len(held) == round(600 * DEFAULTS["eval_fraction"]) and len(train) + len(held) == 600
+
+    def turns(rows, role):
+        return {" ".join(m["content"].split()).casefold() for r in rows for m in r["messages"] if m["role"] == role}
+
+    assert not turns(train, "user") & turns(held, "user")
+    assert not turns(train, "assistant") & turns(held, "assistant")
+    # a split by row would not hold: the file asks each fact under several wordings
+    by_row = data.overlap_groups(prepared.rows)
+    assert max(map(len, by_row)) > 1
+
+
 def test_one_leftover_row_read_as_text_still_names_the_file(tmp_path, prep):
     """All OIG rows broken but one without turns: auto-detection reads that row as plain text; the
     final message must still name the file and what was dropped."""
@@ -458,3 +506,11 @@ def test_a_split_made_with_another_system_message_is_refused(tmp_path, prep):
     storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.1, 1), params)
     with pytest.raises(Exception, match="system_message"):
         storage.load_split(Path(params["run_dir"]), {**params, "system_message": "You are Pip."})
+
+
+def test_held_out_prompts_take_rows_of_one_question_first(chat_tok):
+    two = chat_row(("What does a cow say?", "Pip here! A cow says moo."), ("And a dog?", "Pip here! Woof."))
+    one = chat_row(("What is 2 plus 2?", "Pip here! 4."))
+    prompts = data_report.held_out_prompts([two, one], chat_tok, 2)
+    assert [q for q, _, _ in prompts] == ["What is 2 plus 2?", "And a dog?"]
+    assert "What does a cow say?" in prompts[1][1]  # the earlier turn is part of that prompt

@@ -111,6 +111,19 @@ def test_kernels_import_this_checkout_with_the_threads_asked():
     assert lab.kernel_environment("t0k", None).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")
 
 
+def test_a_bare_python_in_the_labs_terminals_is_the_workbooks(tmp_path):
+    """What a "Try it" command runs: `python -m tools...` in a lab terminal, whose PATH the server gives,
+    from a shell whose PATH lacks the venv (as after `make lab` without activating it)."""
+    from tools import lab
+
+    env = lab.kernel_environment("t0k", None)
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    out = subprocess.run(["python", "-c", "import torch, helpers, tools.sweep, sys; print(sys.executable)"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).parent == Path(sys.executable).parent
+
+
 def test_root_gets_allow_root_and_a_workshop_gets_culling(monkeypatch, tmp_path):
     from tools import lab
 

@@ -46,8 +46,9 @@ def test_session_trains_evaluates_answers_and_saves(tiny_params, jsonl):
 
 
 def test_before_after_table():
-    table = train.before_after_table([("Hi?", "<human>: Hi?\n<bot>:", "Hello.")], ["x"], ["Hello."])
-    assert table.to_dict("records") == [{"prompt": "Hi?", "reference": "Hello.", "before": "x", "after": "Hello."}]
+    table = train.before_after_table([("Hi?", "<human>: Hi?\n<bot>:", "Hello.")], ["x"], ["Hello."], common=set())
+    assert table.to_dict("records") == [{"prompt": "Hi?", "reference": "Hello.", "before": "x", "after": "Hello.",
+                                         "fact: before": False, "fact: after": True}]
 
 
 def test_report_to_tensorboard_logs_into_the_run_folder(tiny_params, jsonl, capsys):

@@ -52,7 +52,15 @@ def command(ip: str, port: int, notebook_dir: Path, open_browser: bool, extra: l
 
 
 def kernel_environment(token: str, threads: int | None) -> dict:
-    env = {**os.environ, "JUPYTER_TOKEN": token, "PYTHONPATH": pythonpath_with_repo(os.environ.get("PYTHONPATH"))}
+    """The server's environment, which its kernels and terminals inherit: this Python's folder first on
+    PATH, so that `python -m tools.sweep ...` in a lab terminal (or `!python` in a cell) finds the
+    workbook's packages without activating the venv."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join([bin_dir, *(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != bin_dir)])
+    env = {**os.environ, "JUPYTER_TOKEN": token, "PATH": path,
+           "PYTHONPATH": pythonpath_with_repo(os.environ.get("PYTHONPATH"))}
+    if sys.prefix != sys.base_prefix:
+        env["VIRTUAL_ENV"] = sys.prefix
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env

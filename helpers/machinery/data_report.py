@@ -2,6 +2,9 @@
 on the system message and the split), and the held-out prompts that 05 and 06 answer."""
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 from helpers.machinery import formats
 from helpers.machinery.tokenizing import encode
 
@@ -74,15 +77,17 @@ def plot_lengths(lengths: list[int], max_seq_length: int, path=None):
     fig, ax = plots.new_figure()
     over = sum(n > max_seq_length for n in lengths)
     ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#2563eb")
-    ax.axvline(max_seq_length, color="#dc2626", linestyle="--",
-               label=f"max_seq_length = {max_seq_length} ({over} rows longer)")
-    if max(lengths) < max_seq_length / 4:  # keep the bars readable when every row is far below the limit
+    ax.set_title(f"{over} of {len(lengths):,} rows longer than max_seq_length = {max_seq_length}", fontsize=10)
+    if max(lengths) < max_seq_length / 4:  # the limit is far off the bars: say so rather than squash them
         ax.set_xlim(0, max(lengths) * 1.3)
-        ax.annotate(f"max_seq_length = {max_seq_length} →", xy=(0.98, 0.9), xycoords="axes fraction",
-                    ha="right", color="#dc2626")
+        ax.annotate(f"max_seq_length = {max_seq_length}\nfurther right →", xy=(0.99, 0.97),
+                    xycoords="axes fraction", ha="right", va="top", color="#dc2626")
+    else:
+        ax.axvline(max_seq_length, color="#dc2626", linestyle="--")
+        ax.annotate(" max_seq_length", xy=(max_seq_length, 0.97), xycoords=("data", "axes fraction"),
+                    va="top", color="#dc2626")
     ax.set_xlabel("tokens per row (before truncation)")
     ax.set_ylabel("rows")
-    ax.legend(loc="center right")
     return plots.finish(fig, path)
 
 
@@ -106,15 +111,68 @@ def prompt_and_reference(row: dict, tokenizer) -> tuple[str, str, str] | None:
 
 
 def held_out_prompts(held_out: list[dict], tokenizer, n: int) -> list[tuple[str, str, str]]:
-    found = (prompt_and_reference(row, tokenizer) for row in held_out)
+    """(question, prompt, reference) of the first n held-out rows that give one, the rows of a single
+    question first (in a longer row the earlier turns are part of the prompt, and steer the answer)."""
+    def questions(row):
+        messages = row.get("messages")
+        return sum(m["role"] == "user" for m in messages) if messages else row["text"].count("<human>:")
+
+    found = (prompt_and_reference(row, tokenizer) for row in sorted(held_out, key=questions))
     return [p for p in found if p is not None][:n]
 
 
-def answers_table(prompts: list[tuple[str, str, str]], answers: dict[str, list[str]]):
-    """Question and reference of each held-out prompt, then one column per set of answers, shown whole."""
+def answers_table(prompts: list[tuple[str, str, str]], answers: dict[str, list[str]], common: set[str] | None = None):
+    """Question and reference of each held-out prompt, then one column per set of answers, shown whole,
+    and for each set whether the answer holds the reference's fact (`fact_words`; empty where it has none)."""
     from helpers.machinery.tables import whole
 
-    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts], **answers})
+    facts = fact_words([(q, r) for q, _, r in prompts], common)
+    return whole({"prompt": [q for q, _, _ in prompts], "reference": [r for _, _, r in prompts], **answers,
+                  **{f"fact: {who}": [has_fact(a, words) for a, words in zip(said, facts)]
+                     for who, said in answers.items()}})
+
+
+WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+
+
+def common_words(rows, share: float = 0.1, sample: int = 2000) -> set[str]:
+    """Words in more than `share` of the (first `sample`) training rows: the data's style and grammar
+    ("Pip", "here", "is", "says"), not any one answer's fact."""
+    texts = [rows[i]["text"].casefold() for i in range(min(sample, len(rows)))]
+    counts = Counter(w for t in texts for w in set(WORD.findall(t)))
+    return {w for w, k in counts.items() if k > share * len(texts)}
+
+
+def fact_words(pairs: list[tuple[str, str]], common: set[str] | None = None) -> list[set[str]]:
+    """For each (question, reference answer): the reference's words that are not in its question and not
+    `common` (`common_words` of the training rows; else the words of more than a quarter of these
+    references), i.e. what only this answer says: "Nairobi"; "11" and "eleven"."""
+    words = [set(WORD.findall(r.casefold())) for _, r in pairs]
+    if common is None:
+        counts = Counter(w for ws in words for w in ws)
+        common = {w for w, k in counts.items() if k > len(pairs) / 4}
+    return [ws - common - set(WORD.findall(q.casefold())) for (q, _), ws in zip(pairs, words)]
+
+
+def has_fact(answer: str, words: set[str]) -> bool | None:
+    """At least half of the fact's words are in the answer (None where the reference has none)."""
+    if not words:
+        return None
+    return 2 * len(words & set(WORD.findall(answer.casefold()))) >= len(words)
+
+
+def batch_table(batch, tokenizer, row: int, around: int, width: int = 5):
+    """Positions `around - width` to `around + width` of one row of a collated batch: token, input id,
+    attention mask and label (-100: left out of the loss), a column per position."""
+    import pandas as pd
+
+    cut = slice(max(0, around - width), around + width)
+    ids = batch["input_ids"][row][cut].tolist()
+    table = pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(ids), "input_ids": ids,
+                          "attention_mask": batch["attention_mask"][row][cut].tolist(),
+                          "labels": batch["labels"][row][cut].tolist()},
+                         index=pd.Index(range(cut.start, cut.start + len(ids)), name="position"))
+    return table.T
 
 
 def system_note(tokenizer, chosen: str):
@@ -139,9 +197,12 @@ def system_note(tokenizer, chosen: str):
     return Sentences(f"Every row without its own system turn got this one: \"{chosen}\".")
 
 
-def split_note(train: list, held_out: list):
+def split_note(train: list, held_out: list, shared: int):
+    """How the rows were split; `shared`: held-out rows with a question or answer also trained on."""
     from helpers.machinery.tables import Sentences
 
     total = len(train) + len(held_out)
+    overlap = ("none of them shares a question or an answer with a training row" if not shared else
+               f"**{shared} of them share a question or an answer with training rows**")
     return Sentences(f"**{len(train):,} rows to train on, {len(held_out):,} held out** "
-                     f"({len(held_out) / total:.0%} of {total:,}), saved in the run folder's `data/`.")
+                     f"({len(held_out) / total:.0%} of {total:,}; {overlap}), saved in the run folder's `data/`.")

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import time
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -65,7 +66,7 @@ def bundled_cache_folder(name: str) -> Path:
 
 
 def bundled_folder(name: str) -> Path:
-    """Safetensors copy of a bundled GGUF model, converted on first use (about a minute) and cached."""
+    """Safetensors copy of a bundled GGUF model, converted on first use (it prints how long) and cached."""
     if name not in BUNDLED:
         raise ParameterError(f"Parameter 'model_name' = '{BUNDLED_PREFIX}{name}': no bundled model of that "
                              f"name; bundled: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED)}.")
@@ -97,7 +98,8 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
 
     from transformers.utils import logging as hf_logging
 
-    print(f"Converting {gguf_name} to safetensors in {target} (once; about a minute) ...", flush=True)
+    started = time.perf_counter()
+    print(f"Converting {gguf_name} to safetensors (once, then cached) ...", flush=True)
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
@@ -121,6 +123,7 @@ def convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, target)
+    print(f"converted in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def _split_as_the_gguf_says(tokenizer, gguf_file: Path) -> None:

@@ -44,12 +44,13 @@ def test_evaluation_compares_base_and_finetuned(trained):
     assert result["eval_loss_finetuned"] < result["eval_loss_base"]
     assert result["perplexity_base"] == pytest.approx(math.exp(result["eval_loss_base"]))
     table = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)
-    assert list(table.columns) == ["prompt", "reference", "base model", "fine-tuned"] and len(table) == 2
+    assert list(table.columns) == ["prompt", "reference", "base model", "fine-tuned", "fact: base model",
+                                   "fact: fine-tuned"] and len(table) == 2
     assert table["fine-tuned"].tolist() != table["base model"].tolist()
     again = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)
     assert again.equals(table)  # greedy and seeded: the table repeats
     path = evaluate.save(trained["run_dir"], result, table)
-    assert path.read_text().splitlines()[0] == "prompt,reference,base model,fine-tuned"
+    assert path.read_text().splitlines()[0] == "prompt,reference,base model,fine-tuned,fact: base model,fact: fine-tuned"
     assert rundir.read_json(path.parent / "metrics.json")["eval_loss_base"] == result["eval_loss_base"]
 
 

@@ -76,7 +76,15 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     assert metrics["eval_loss_finetuned"] < metrics["eval_loss_base"]
     assert metrics["perplexity_finetuned"] == pytest.approx(math.exp(metrics["eval_loss_finetuned"]))
     evaluation = (run_dir / "evaluation.csv").read_text().splitlines()
-    assert evaluation[0] == "prompt,reference,base model,fine-tuned" and len(evaluation) >= 3
+    assert evaluation[0] == "prompt,reference,base model,fine-tuned,fact: base model,fact: fine-tuned"
+    assert len(evaluation) >= 3 and metrics["fact_questions"] >= 1
+    assert 0 <= metrics["fact_score_base"] <= 1 and 0 <= metrics["fact_score_finetuned"] <= 1
+    # 03: no held-out question or answer appears in a training row as the trainer reads it
+    from helpers.machinery import storage
+    train_rows, held_rows = storage.load_split(run_dir)
+    trained_on = "\n".join(train_rows["text"])
+    turns = [m["content"] for row in held_rows for m in row["messages"] if m["role"] in ("user", "assistant")]
+    assert turns and not [t for t in turns if t in trained_on]
     # 07: merged safetensors that plain transformers loaded, logits within 1e-3 of the adapter model's
     assert metrics["merged_check"]["ok"] and metrics["merged_check"]["max_abs_logit_diff"] <= 1e-3
     assert (run_dir / "merged" / "model.safetensors").exists() and not (run_dir / "merged" / "adapter_config.json").exists()

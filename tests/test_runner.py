@@ -268,7 +268,12 @@ def test_the_next_notebooks_kernel_starts_while_the_current_one_runs(monkeypatch
     """Where the next notebook needs another kernel (07's plain one after an unsloth one, and back; a
     fresh one for every notebook in --kernel fresh), it is started ahead and handed over; where the
     shared kernel serves, none is started."""
+    from jupyter_core.utils import run_sync
+
     from tools import kernels as K
+
+    def alive(km):  # the kernels' managers are asynchronous ones (tools.kernels says why)
+        return run_sync(km.is_alive)()
 
     monkeypatch.setitem(K.WARM, "unsloth", "import os\n")  # no unsloth on a CPU: the flavour alone
     nb = {n[:2]: REPO / "notebooks" / n for n in ("06_evaluate.ipynb", "07_export.ipynb", "08_chat.ipynb")}
@@ -278,21 +283,21 @@ def test_the_next_notebooks_kernel_starts_while_the_current_one_runs(monkeypatch
         k.prepare(nb["07"])
         assert k.spare is not None and k.spare[0] == "plain"
         spare = k.spare[1]
-        assert k.for_notebook(nb["07"]) is spare and not first.is_alive() and k.spare is None
+        assert k.for_notebook(nb["07"]) is spare and not alive(first) and k.spare is None
         k.prepare(nb["08"])
         assert k.spare[0] == "unsloth"
         third = k.for_notebook(nb["08"])
-        assert third.is_alive() and not spare.is_alive()
+        assert alive(third) and not alive(spare)
         k.prepare(nb["08"])  # the same flavour again: the shared kernel serves
         assert k.spare is None and k.for_notebook(nb["08"]) is third
     finally:
         k.shutdown()
-    assert not third.is_alive()
+    assert not alive(third)
     fresh = K.Kernels("fresh", False, REPO / "notebooks")
     try:
         first = fresh.for_notebook(nb["06"])
         fresh.prepare(nb["07"])
-        assert fresh.for_notebook(nb["07"]) is not first and not first.is_alive()
+        assert fresh.for_notebook(nb["07"]) is not first and not alive(first)
     finally:
         fresh.shutdown()
 
@@ -321,6 +326,34 @@ def test_unknown_parameter_stops_before_any_notebook(tmp_path):
 def test_unknown_notebook_number(tmp_path):
     result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "9")
     assert result.returncode == 2 and "--only 09: no such notebook" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_kernel_ends_the_run_within_seconds_naming_notebook_cell_and_signal(tmp_path):
+    """kill -9 of the kernel while 05 trains (as the out-of-memory killer does): the runner used to wait
+    for the cell's reply forever."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--only", "03", "--only",
+                             "04", "--only", "05", "--run-dir", str(tmp_path)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stdout:  # 05's first training step: the kernel is deep in trainer.train()
+            if "05_train_and_save: step" in line:
+                break
+        kernels = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "ipykernel_launcher" in " ".join(p.cmdline())]
+        assert kernels, "no kernel process found"
+        for kernel in kernels:
+            kernel.kill()
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        assert time.monotonic() - killed < 30
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "05_train_and_save.ipynb: the kernel died in code cell" in err, err
+    assert "killed by SIGKILL (signal 9), most often the system's out-of-memory killer" in err, err
 
 
 @pytest.mark.slow

@@ -69,10 +69,14 @@ class Kernels:
         return "unsloth" if self.uses_unsloth and not wants_unpatched(notebook) else "plain"
 
     def _launch(self, flavour: str):
-        from jupyter_client.manager import KernelManager
+        # the asynchronous manager: with it nbclient checks every second, while waiting for a cell's
+        # reply, that the kernel still lives, and raises DeadKernelError; with the blocking one the
+        # wait for the reply blocks that check and a killed kernel leaves the runner waiting forever
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
 
-        km = KernelManager(kernel_name="python3")
-        km.start_kernel(cwd=str(self.cwd), extra_arguments=["--log-level=ERROR"])
+        km = AsyncKernelManager(kernel_name="python3")
+        run_sync(km.start_kernel)(cwd=str(self.cwd), extra_arguments=["--log-level=ERROR"])
         return km, Background(run_in_kernel, km, WARM[flavour] + WARM_COMMON)
 
     def start(self, flavour: str, background: bool = False) -> None:
@@ -116,8 +120,10 @@ class Kernels:
 
     @staticmethod
     def _stop(km) -> None:
+        from jupyter_core.utils import run_sync
+
         if km is not None and km.has_kernel:
-            km.shutdown_kernel(now=True)
+            run_sync(km.shutdown_kernel)(now=True)
 
     def shutdown(self) -> None:
         for warming in (self.warming, self.spare[2] if self.spare else None):
@@ -163,7 +169,10 @@ def run_in_kernel(km, code: str) -> dict:
             if line.startswith("WORKBOOK_RESULT "):
                 found.update(json.loads(line.split(" ", 1)[1]))
 
-    client = km.client()
+    from jupyter_client.blocking import BlockingKernelClient
+
+    client = BlockingKernelClient()  # a blocking client of the (asynchronous) manager's kernel
+    client.load_connection_info(km.get_connection_info())
     client.start_channels()
     try:
         client.wait_for_ready(timeout=120)
@@ -173,3 +182,22 @@ def run_in_kernel(km, code: str) -> dict:
     if errors:
         raise RuntimeError(f"The notebook kernel could not run the runner's code: {errors[0]}")
     return found
+
+
+def how_it_ended(km) -> str:
+    """How the kernel of `km` ended, in words, with what to do where it was the out-of-memory killer."""
+    import signal
+
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    returncode = process.poll() if process is not None else None
+    if returncode is None:
+        return "its process is gone"
+    if returncode < 0:
+        number = -returncode
+        name = signal.Signals(number).name if number in set(signal.Signals) else f"signal {number}"
+        if number == signal.SIGKILL:
+            return (f"killed by {name} (signal {number}), most often the system's out-of-memory killer: lower "
+                    f"max_rows, max_seq_length or per_device_train_batch_size, or close other notebooks")
+        return f"ended by {name} (signal {number})"
+    return f"its process exited with code {returncode}"
+

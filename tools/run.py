@@ -16,7 +16,7 @@ from pathlib import Path
 
 from helpers import params as P
 from helpers.machinery import rundir
-from tools.kernels import Kernels
+from tools.kernels import Kernels, how_it_ended
 
 NOTEBOOK_DIR = rundir.REPO_ROOT / "notebooks"
 
@@ -72,19 +72,24 @@ def select(only: list[str]) -> list[Path]:
     return chosen
 
 
-def failed_cell(notebook_path: Path) -> str:
-    """'code cell N (first line)' of the first cell whose output is an error; N counts the code cells of
-    the notebook as written (papermill's injected-parameters cell is not one of them)."""
+def failed_cell(notebook_path: Path, kernel_died: bool = False) -> str:
+    """'code cell N (first line)' of the first cell whose output is an error (with `kernel_died`: of the
+    last cell papermill started); N counts the code cells of the notebook as written (papermill's
+    injected-parameters cell is not one of them)."""
     import nbformat
 
     nb = nbformat.read(notebook_path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"
             and "injected-parameters" not in c.metadata.get("tags", [])]
-    for i, cell in enumerate(code, start=1):
-        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("# NBVAL")]
-            return f"code cell {i} ({lines[0][:60] if lines else ''})"
-    return "an unknown cell"
+    if kernel_died:
+        started = [i for i, c in enumerate(code) if c.metadata.get("papermill", {}).get("start_time")]
+        picked = started[-1:]
+    else:
+        picked = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    if not picked:
+        return "an unknown cell"
+    lines = [ln for ln in code[picked[0]].source.splitlines() if ln.strip() and not ln.startswith("# NBVAL")]
+    return f"code cell {picked[0] + 1} ({lines[0][:60] if lines else ''})"
 
 
 def prepare_environment(run_dir: Path) -> None:
@@ -106,6 +111,7 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
     import os
 
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     # papermill warns for every config value a notebook's parameters cell does not name; by design
     # each notebook names only its own step's parameters and reads the rest (see params.settle).
@@ -130,6 +136,11 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
             try:
                 pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
                                     progress_bar=False, kernel_name="python3", log_output=False, km=km)
+            except DeadKernelError:
+                watcher.stop()
+                log(f"{head} FAILED")
+                raise RunFailed(f"{nb.name}: the kernel died in {failed_cell(out, kernel_died=True)}: {how_it_ended(km)}.\n"
+                                f"The notebook as far as it ran: {out}") from None
             except pm.PapermillExecutionError as e:
                 watcher.stop()
                 log(f"{head} FAILED")

@@ -200,4 +200,3 @@ def how_it_ended(km) -> str:
                     f"max_rows, max_seq_length or per_device_train_batch_size, or close other notebooks")
         return f"ended by {name} (signal {number})"
     return f"its process exited with code {returncode}"
-

@@ -51,6 +51,10 @@ PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
 
 
+def remove_worktree(path: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
+
+
 def worktree(rev: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix="bench-baseline-")) / "repo"
     subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO, check=True, capture_output=True)
@@ -78,7 +82,7 @@ def main() -> None:
                 print(row, flush=True)
     finally:
         for name, repo in repos[1:]:
-            subprocess.run(["git", "worktree", "remove", "--force", str(repo)], cwd=REPO, capture_output=True)
+            remove_worktree(repo)
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\n03_dataset on {args.rows:,} OIG-format rows ({data.stat().st_size / 2**20:.0f} MiB), {cpu}\n")
     print("| code | dataset_format | whole runner (kernel start, imports, checks) | notebook 03 alone | peak memory (kernel) | rows kept |")

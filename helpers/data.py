@@ -27,7 +27,7 @@ from pathlib import Path
 
 from helpers.machinery import data_read, formats, progress, rundir
 from helpers.machinery.data_report import SHOWN_PROBLEMS
-from helpers.machinery.tokenizing import encode, no_cycle_collection
+from helpers.machinery.tokenizing import CHARS_PER_TOKEN, encode, no_cycle_collection
 from helpers.machinery.data_read import DatasetError
 from helpers.params import pick
 
@@ -44,9 +44,11 @@ class Report:
     kept: int = 0
     dropped: dict = field(default_factory=dict)  # reason -> rows
     truncated: int = 0
+    cut_before_tokenizing: int = 0  # kept rows over CHARS_PER_TOKEN * max_seq_length characters (also truncated)
     fixes: dict = field(default_factory=dict)    # what was repaired on the way in, e.g. CRLF
     problems: list = field(default_factory=list)  # the first bad rows: where, reason, detail
     max_seq_length: int = 0
+    warnings: list = field(default_factory=list)  # what works but may mislead, with the numbers
     error: str | None = None
 
 
@@ -57,6 +59,7 @@ class Prepared:
     report: Report
 
 
+MIN_HELD_OUT = 20  # fewer held-out rows are warned about: the scores on them move in big jumps
 CHUNK = 4096  # rows rendered and tokenized per batch: large enough for all cores, small enough for memory
 
 
@@ -72,17 +75,29 @@ def prepare(tokenizer, *, run_dir, dataset, dataset_format, dataset_split, datas
     """
     settings = pick(locals(), prepare)  # the keyword arguments as one dict, for _prepare
     run_dir = Path(run_dir)
-    shutil.rmtree(run_dir / "data", ignore_errors=True)
+    forget_last_split(run_dir)
     report = Report(source=str(dataset), max_seq_length=max_seq_length)
     try:
         with no_cycle_collection():
             prepared = _prepare(settings, tokenizer, report)
-    except DatasetError as e:
-        report.error = str(e)
-        rundir.write_json(run_dir / "data_report.json", asdict(report))
+    except Exception as e:
+        report.error = str(e) if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
+        rundir.write_json_or_remove(run_dir / "data_report.json", asdict(report))
         raise
     rundir.write_json(run_dir / "data_report.json", asdict(report))
     return prepared
+
+
+def forget_last_split(run_dir: Path) -> None:
+    """What an earlier run of this step left (its split, report, plot and row counts) goes first, so that
+    none of it reads as this run's result when this run fails."""
+    shutil.rmtree(run_dir / "data", ignore_errors=True)
+    for name in ("data_report.json", "token_lengths.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    metrics = rundir.read_json(run_dir / "metrics.json", default={})
+    if "num_train_rows" in metrics or "num_eval_rows" in metrics:
+        rundir.write_json(run_dir / "metrics.json", {k: v for k, v in metrics.items()
+                                                     if k not in ("num_train_rows", "num_eval_rows")})
 
 
 def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
@@ -112,6 +127,7 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
 
     converted, seen = [], {}
     system = formats.system_message_for(tokenizer, params["system_message"])
+    max_chars, cut_rows = CHARS_PER_TOKEN * params["max_seq_length"], set()
     for record in raw.records:
         try:
             messages = formats.with_system(formats.to_messages(record.value, fmt, params["dataset_text_field"]),
@@ -119,7 +135,12 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
         except formats.RowProblem as e:
             problems.append(data_read.Problem(record.ordinal, record.where, e.reason, e.detail))
             continue
-        # a 16-byte digest per row, not a second copy of every row's text
+        record.value = None  # a huge row's parsed text goes now, not with the whole file below
+        messages, was_cut = cut_to_characters(messages, max_chars)
+        if was_cut:
+            cut_rows.add(record.ordinal)
+        # a 16-byte digest per row, not a second copy of every row's text; of the row as cut, since two
+        # rows that differ only beyond the cut train on the same tokens
         key = hashlib.blake2b((messages if isinstance(messages, str) else json.dumps(messages, sort_keys=True,
                               ensure_ascii=False)).encode(), digest_size=16).digest()
         if key in seen:
@@ -152,8 +173,9 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
             n = len(ids)
             if n > limit:
                 if params["on_long_rows"] == "drop":
+                    more = f"over {max_chars:,} characters" if ordinal in cut_rows else f"{n} tokens"
                     problems.append(data_read.Problem(ordinal, where, "too long",
-                                                      f"{n} tokens > max_seq_length {limit}"))
+                                                      f"{more} > max_seq_length {limit}"))
                     continue
                 cut = offsets[limit - 1][1]
                 if spans is not None:
@@ -173,6 +195,7 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
                 row["messages"] = messages
             rows.append(row)
             lengths.append(n)
+            report.cut_before_tokenizing += ordinal in cut_rows
         progress.note(rows=chunk_start + len(chunk), of=len(converted), what="rows checked and tokenized")
 
     problems.sort(key=lambda p: p.ordinal)
@@ -189,7 +212,29 @@ def _prepare(params: dict, tokenizer, report: Report) -> Prepared:
                            f"{report.rows_read}, dropped: {dropped}; read as format '{fmt}', {why}): too few to "
                            f"hold out {params['eval_fraction']:.0%} and still train. Fix the file (the report lists "
                            f"the first bad rows), or lower eval_fraction.")
+    held_out = held_out_count(len(rows), params["eval_fraction"])
+    if 0 < held_out < MIN_HELD_OUT:  # 0: the runner refuses it (checks), data.prepare itself allows it
+        report.warnings.append(
+            f"only {held_out} held-out row{'s' * (held_out > 1)} ({params['eval_fraction']:g} of {len(rows)}): one "
+            f"row moves the fact score by {100 / held_out:.0f} points, and the held-out loss is as noisy; "
+            f"{MIN_HELD_OUT} or more need eval_fraction {min(0.5, MIN_HELD_OUT / len(rows)):.2g} or more rows")
     return Prepared(rows, lengths, report)
+
+
+def cut_to_characters(messages, max_chars: int):
+    """(messages, whether cut): a plain text, or the turns' contents in order, kept to `max_chars`
+    characters in all; the turn that crosses the limit is cut there and later turns are dropped."""
+    if isinstance(messages, str):
+        return messages[:max_chars], len(messages) > max_chars
+    if sum(len(m["content"]) for m in messages) <= max_chars:
+        return messages, False
+    kept, room = [], max_chars
+    for m in messages:
+        if room <= 0:
+            break
+        kept.append(m if len(m["content"]) <= room else {**m, "content": m["content"][:room]})
+        room -= len(m["content"])
+    return kept, True
 
 
 def _template(tokenizer, fmt: str) -> str:

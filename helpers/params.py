@@ -93,7 +93,8 @@ PARAMS: list[Param] = [
     P("train_on_responses_only", False, "03",
       "Count only the answers' tokens in the loss (prompts are masked out)."),
     P("eval_fraction", 0.05, "03", "Share of rows held out for evaluation, a whole group of rows sharing a question "
-      "or an answer at a time (none of theirs is trained on).", minimum=0.0, maximum=0.5),
+      "or an answer at a time (none of theirs is trained on). More than 0: steps 5-7 measure on them; under "
+      "20 rows, 03 warns.", minimum=0.0, maximum=0.5),
     P("max_rows", None, "03", "Use only the first N rows (None: all)."),
     # 04_trainer
     P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
@@ -235,15 +236,51 @@ def pick(params: dict, function) -> dict:
     return {n: params[n] for n in names}
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """safe_load, except that a key given twice is an error (YAML would keep the last silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # SafeLoader itself refuses keys that cannot be looked up
+                if key in seen:
+                    raise DuplicateKey(f"line {key_node.start_mark.line + 1}: '{key}' is given twice (lines "
+                                       f"{seen[key] + 1} and {key_node.start_mark.line + 1}); keep one")
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def load_config(path: str | Path) -> dict:
     """A config is a flat YAML mapping of parameter names to values (usable with `papermill -f`)."""
     import yaml
 
+    from helpers.machinery.data_read import encoding_hint
+
     path = Path(path)
     if not path.is_file():
-        raise ParameterError(f"Config file {path} does not exist.")
+        raise ParameterError(f"Config file {path} does not exist" + (" (it is a folder)." if path.is_dir() else "."))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = path.read_bytes()
+        data = yaml.load(raw.decode("utf-8"), Loader=_unique_key_loader()) or {}
+    except OSError as e:
+        raise ParameterError(f"Config file {path} cannot be read: {e.strerror}.") from None
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ParameterError(f"Config file {path}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8"
+                             f"{encoding_hint(raw, e.start)}.") from None
+    except DuplicateKey as e:
+        raise ParameterError(f"Config file {path}, {e}.") from None
     except yaml.YAMLError as e:
         raise ParameterError(f"Config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

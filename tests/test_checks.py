@@ -114,3 +114,63 @@ def test_report_to_needs_its_package(monkeypatch):
     rejects(r"'report_to' = 'wandb' needs the wandb package, which is not installed: pip install wandb", report_to="wandb")
     rejects(r"'report_to' = 'tensorboard' needs the tensorboard package", report_to="tensorboard")
     assert checks.check_combinations({**DEFAULTS, "report_to": "none"}, gpu=False)
+
+
+def test_a_malformed_config_json_is_named_before_any_load(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (folder / "config.json").write_text('{"model_type": "llama",')
+    rejects(rf"'model_name' = '{folder}': {folder}/config.json cannot be read as JSON \(.*line 1", model_name=str(folder))
+    (folder / "config.json").write_text('["llama"]')
+    rejects("holds a JSON list, expected an object", model_name=str(folder))
+
+
+CUSTOM_CONFIG = '''from transformers import LlamaConfig
+
+
+class PipConfig(LlamaConfig):
+    model_type = "pip_llama"
+'''
+CUSTOM_MODEL = '''from transformers import LlamaForCausalLM
+
+from .configuration_pip import PipConfig
+
+
+class PipForCausalLM(LlamaForCausalLM):
+    config_class = PipConfig
+'''
+
+
+def custom_code_model(tmp_path, tiny_model_dir):
+    """The tiny Llama as a model with custom code: its config.json's auto_map names classes defined in
+    Python files in the folder, as some hub models do."""
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "custom-model")
+    (folder / "configuration_pip.py").write_text(CUSTOM_CONFIG)
+    (folder / "modeling_pip.py").write_text(CUSTOM_MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="pip_llama", architectures=["PipForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_pip.PipConfig",
+                            "AutoModelForCausalLM": "modeling_pip.PipForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_custom_code_is_refused_unless_asked_for_and_then_honoured_for_a_local_folder(tmp_path, tiny_model_dir):
+    folder = custom_code_model(tmp_path, tiny_model_dir)
+    rejects(r"config.json asks for custom code \(AutoConfig -> configuration_pip.PipConfig, .*Set "
+            r"trust_remote_code true if you trust that code", model_name=str(folder))
+    # asked for: the early checks build the model's skeleton with its own classes, and the model loads
+    asked = {**DEFAULTS, "model_name": str(folder), "trust_remote_code": True, "max_seq_length": 128}
+    assert checks.check_combinations(asked, gpu=False)
+    from helpers import model
+
+    loaded, _, _ = model.load(asked)
+    assert type(loaded).__name__ == "PipForCausalLM"
+
+
+def test_no_held_out_rows_is_refused_before_any_work():
+    rejects(r"'eval_fraction' = 0 holds no rows out, and steps 5 to 7 measure .* Expected more than 0", eval_fraction=0)
+    assert checks.check_combinations({**DEFAULTS, "eval_fraction": 0.001}, gpu=False)

@@ -79,6 +79,130 @@ def test_unknown_suffix(tmp_path):
         data_read.read(str(path))
 
 
+def test_a_folder_a_link_to_nowhere_and_a_loop_are_named(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-1.jsonl").write_text(json.dumps(OIG[0]) + "\n")
+    with pytest.raises(DatasetError, match=r"shards is a folder; expected one data file .*; in it: part-1.jsonl"):
+        data_read.read(str(tmp_path / "shards"))
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "moved.jsonl")
+    with pytest.raises(DatasetError, match=r"gone.jsonl is a symbolic link that leads to no file \(its target "):
+        data_read.read(str(tmp_path / "gone.jsonl"))
+    (tmp_path / "a.jsonl").symlink_to(tmp_path / "b.jsonl")
+    (tmp_path / "b.jsonl").symlink_to(tmp_path / "a.jsonl")
+    with pytest.raises(DatasetError, match=r"a.jsonl is a symbolic link that leads to no file \(the links form a loop"):
+        data_read.read(str(tmp_path / "a.jsonl"))
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    """As a user who may not read the file: root reads everything, so the check runs in a forked child
+    that has become the user nobody."""
+    import os
+
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path.anchor + "tmp"))  # pytest's own folders are root's alone
+    path = folder / "rows.jsonl"
+    path.write_text(json.dumps(OIG[0]) + "\n")
+    path.chmod(0o200)
+    folder.chmod(0o755)
+    read_end, write_end = os.pipe()
+    if (child := os.fork()) == 0:  # the child: never returns into pytest
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534), os.setuid(65534)
+            data_read.locate(str(path))
+            message = "no error"
+        except BaseException as e:  # noqa: BLE001  what the child saw goes back through the pipe
+            message = str(e)
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end) as f:
+        seen = f.read()
+    shutil.rmtree(folder)
+    assert seen == f"Parameter 'dataset' = '{path}': dataset file {path} cannot be read: Permission denied."
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x1f\x8b\x08\x00rest", r"is gzip-compressed \(it starts with the bytes 1f 8b\), not .jsonl text: decompress"),
+    (b"PK\x03\x04rest", "is a zip archive: unzip it first"),
+    (b"text,label\n\"<human>: hi\",1\n", r"does not hold JSON: its first line, 'text,label', reads like a CSV header"),
+])
+def test_a_file_that_holds_something_else_than_its_name_says(tmp_path, content, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        data_read.read(str(path))
+
+
+def test_a_row_over_the_line_limit_is_skipped_unread(tmp_path, prep, monkeypatch):
+    monkeypatch.setattr(data_read, "MAX_LINE_BYTES", 1000)
+    huge = json.dumps({"text": "<human>: Tell me.\n<bot>: " + "word " * 1000}).encode()
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), huge, line(OIG[1])])
+    report = prep(path).report
+    assert (report.rows_read, report.kept, report.dropped) == (3, 2, {"too large to read": 1})
+    assert only_problem(report)["where"] == "line 2" and "lines over 0 MiB are skipped" in only_problem(report)["detail"]
+
+
+def test_a_long_row_is_cut_before_tokenizing_to_the_tokens_the_whole_row_gives(jsonl, prep, chat_tok):
+    from helpers.machinery import formats
+    from helpers.machinery.tokenizing import CHARS_PER_TOKEN, encode
+
+    answer = "Pip here! " + " ".join(f"fact {i} is that owls fly at night" for i in range(3000))  # 100k chars
+    rows = [OIG[0], {"text": f"<human>: Tell me everything.\n<bot>: {answer}"}, OIG[1]]
+    prepared = prep(jsonl(rows), max_seq_length=64)
+    assert (prepared.report.kept, prepared.report.truncated, prepared.report.cut_before_tokenizing) == (3, 1, 1)
+    assert len(answer) > 20 * CHARS_PER_TOKEN * 64
+    whole = formats.render_text(chat_tok, [{"role": "user", "content": "Tell me everything."},
+                                           {"role": "assistant", "content": answer}])
+    ids, _ = encode(chat_tok, [whole])[0]
+    assert list(prepared.rows[1]["input_ids"]) == ids[:64]
+    assert len(prepared.rows[1]["messages"][-1]["content"]) < CHARS_PER_TOKEN * 64  # what 05 and 06 keep
+    assert "cut before tokenizing 1" in "\n".join(data_report.report_lines(vars(prepared.report)))
+
+
+def test_a_100_mb_row_costs_little_memory(tmp_path, chat_tok):
+    """Peak memory of step 3 on the smoke rows with one 100 MB row, beside the same rows without it (each
+    in a process of its own): within 1 GB. Tokenized whole, a row takes about 230 MB a MB of text."""
+    import subprocess
+    import sys
+
+    rows = Path(data.__file__).parents[1].joinpath("data/pip_chip2.jsonl").read_text().splitlines()[:80]
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(rows) + "\n")
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as f:
+        f.write("\n".join(rows[:3]) + "\n")
+        f.write('{"text": "<human>: Tell me everything.\\n<bot>: ' + "owls fly at night and sleep by day " * 3_000_000
+                + '"}\n')
+        f.write("\n".join(rows[3:]) + "\n")
+    assert big.stat().st_size > 100e6
+    code = ("import resource, sys\nfrom helpers import data, model\nfrom helpers.params import DEFAULTS, pick\n"
+            "tok = model.load_tokenizer('bundled:SmolLM2-135M-Instruct')\n"
+            "p = data.prepare(tok, **pick({**DEFAULTS, 'dataset': sys.argv[1], 'run_dir': sys.argv[2], "
+            "'max_seq_length': 128}, data.prepare))\n"
+            "print(p.report.kept, p.report.cut_before_tokenizing, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    results = []
+    for path in (small, big):
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / path.stem)], capture_output=True,
+                             text=True, cwd=Path(data.__file__).parents[1], timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        results.append([int(v) for v in out.stdout.split()])
+    (kept_small, cut_small, peak_small), (kept_big, cut_big, peak_big) = results
+    assert (kept_small, cut_small, kept_big, cut_big) == (80, 0, 81, 1)
+    assert (peak_big - peak_small) * 1024 < 1e9, f"{(peak_big - peak_small) / 2**20:.2f} GiB more with the 100 MB row"
+
+
+def test_a_held_out_side_too_small_to_mean_much_is_warned_with_the_numbers(jsonl, prep):
+    few = prep(jsonl(OIG), eval_fraction=0.1).report  # 2 of 20 rows
+    assert few.warnings == ["only 2 held-out rows (0.1 of 20): one row moves the fact score by 50 points, and the "
+                            "held-out loss is as noisy; 20 or more need eval_fraction 0.5 or more rows"]
+    assert "  warning: only 2 held-out rows" in "\n".join(data_report.report_lines(vars(few)))
+    assert prep("data/pip_chip2.jsonl").report.warnings == []  # 30 of 600
+
+
 def test_url_offline_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     url = "https://huggingface.co/datasets/laion/OIG/resolve/main/unified_chip2.jsonl"
@@ -216,6 +340,7 @@ def test_non_utf8_bytes_skip_the_line_and_name_the_byte(tmp_path, prep):
     assert (report.kept, report.dropped) == (2, {"not UTF-8": 1})
     problem = only_problem(report)
     assert problem["where"] == "line 2" and "byte 0xe9 at column 23" in problem["detail"]
+    assert "it reads as Windows-1252 ('" in problem["detail"] and "café?" in problem["detail"]
 
 
 def test_bom_and_crlf_are_repaired_and_reported(tmp_path, prep):

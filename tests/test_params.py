@@ -159,3 +159,20 @@ def test_notebooks_pass_step_functions_the_values_they_use():
 def test_the_whole_dict_rule_sees_a_call_that_takes_p():
     assert calls_given_the_whole_dict("prepared = data.prepare(P, tokenizer)") == {"data.prepare"}
     assert calls_given_the_whole_dict("x = f(tok, run_dir=P['run_dir'])") == set()
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    config = tmp_path / "twice.yaml"
+    config.write_text("max_steps: 3\nlearning_rate: 0.001\nmax_steps: 5\n")
+    with pytest.raises(ParameterError, match=rf"{config}, line 3: 'max_steps' is given twice \(lines 1 and 3\)"):
+        params.load_config(config)
+
+
+def test_a_config_that_is_not_utf8_names_the_line_and_the_likely_encoding(tmp_path):
+    config = tmp_path / "excel.yaml"
+    config.write_bytes(b"max_steps: 3\nsystem_message: 'Pip, caf\xe9 owner'\n")
+    with pytest.raises(ParameterError, match=rf"{config}, line 2: byte 0xe9 is not UTF-8; it reads as "
+                                             r"Windows-1252 \(.*café owner.*\): convert the file with iconv"):
+        params.load_config(config)
+    with pytest.raises(ParameterError, match="is a folder"):
+        params.load_config(tmp_path)

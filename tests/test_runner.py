@@ -370,6 +370,8 @@ def test_failing_cell_names_notebook_and_cell(tmp_path):
     ("dataset", "missing.jsonl", "Parameter 'dataset' = 'missing.jsonl': no such file"),
     ("model_name", "./no/such/model", "Parameter 'model_name' = './no/such/model': no such folder"),
     ("target_modules", "[q_proj, nope_proj]", "Parameter 'target_modules' names ['nope_proj'], which are no layers"),
+    ("dataset", "data", "/data is a folder; expected one data file"),
+    ("eval_fraction", "0", "Parameter 'eval_fraction' = 0 holds no rows out"),
 ])
 def test_missing_inputs_stop_before_any_notebook(tmp_path, bundled_dir, name, value, message):
     result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "-p", name, value)
@@ -417,16 +419,50 @@ def test_messy_file_prints_the_report_and_writes_the_split(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("content, message", [(b"", "is empty (0 bytes)"),
-                                              (b"{\n[1, 2]\n\xff\n", "no usable rows (read 3, dropped: ")])
-def test_unusable_file_exits_nonzero_naming_it_and_leaves_no_split(tmp_path, content, message):
-    path = tmp_path / "bad.jsonl"
-    path.write_bytes(content)
+def test_unusable_file_exits_nonzero_naming_it_and_leaves_nothing_of_an_earlier_split(tmp_path):
     run_dir = tmp_path / "run"
+    assert runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "03").returncode == 0
+    assert (run_dir / "token_lengths.png").exists() and (run_dir / "data").exists()
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"{\n[1, 2]\n\xff\n")
     result = runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "03", "-p", "dataset", path)
     assert result.returncode == 1
-    assert "DatasetError: " in result.stderr and str(path) in result.stderr and message in result.stderr
+    assert "DatasetError: " in result.stderr and str(path) in result.stderr
+    assert "no usable rows (read 3, dropped: " in result.stderr
+    # what the earlier run of 03 left is gone: nothing reads as this run's result but its failure
     assert not (run_dir / "data").exists() and not (run_dir / ".data.partial").exists()
+    assert not (run_dir / "token_lengths.png").exists()
+    assert "num_train_rows" not in json.loads((run_dir / "metrics.json").read_text())
+    assert json.loads((run_dir / "data_report.json").read_text())["error"].startswith(f"{path}: no usable rows")
+    assert '"ename": "DatasetError"' in (run_dir / "03_dataset.ipynb").read_text()
+
+
+def mounted_tmpfs(folder, size):
+    """A tiny file system of its own (needs root), to fill up; None where it cannot be mounted."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return folder if done.returncode == 0 else None
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_notebook_and_leaves_nothing_half_written(tmp_path):
+    disk = mounted_tmpfs(tmp_path / "disk", "80k")
+    if disk is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        run_dir = disk / "run"
+        result = runner("configs/smoke.yaml", "--run-dir", run_dir, "--only", "03")
+        files = {p.name: p for p in run_dir.rglob("*") if p.is_file()}
+        json_ok = {name: json.loads(p.read_text()) is not None for name, p in files.items() if name.endswith(".json")}
+    finally:
+        subprocess.run(["umount", str(disk)])
+    assert result.returncode == 1
+    assert re.search(r"error: 03_dataset.ipynb.*No space left on device.*the disk of the run folder .* has "
+                     r"0\.\d MiB free", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "03_dataset.ipynb" not in files and not any(n.endswith((".tmp", ".partial.ipynb")) for n in files), files
+    assert all(json_ok.values())  # every JSON file left is whole
+    assert "train.arrow" not in files
 
 
 

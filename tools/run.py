@@ -130,23 +130,35 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
                 kernels.prepare(chosen[i])  # the next notebook's kernel, if it needs another, starts now
             head = f"[{i}/{len(chosen)}] {nb.stem} ..."
             log(head, flush=True)
-            out = run_dir / nb.name
+            # written under a temporary name and renamed once papermill has saved it whole; an earlier
+            # run's copy goes first, so that a failure never leaves it standing as this run's
+            out, partial = run_dir / nb.name, run_dir / f".{nb.stem}.partial.ipynb"
+            out.unlink(missing_ok=True)
             start, started_at = time.perf_counter(), time.time()
             watcher.start(nb.stem)
             try:
-                pm.execute_notebook(str(nb), str(out), parameters=values, cwd=str(NOTEBOOK_DIR),
+                pm.execute_notebook(str(nb), str(partial), parameters=values, cwd=str(NOTEBOOK_DIR),
                                     progress_bar=False, kernel_name="python3", log_output=False, km=km)
             except DeadKernelError:
                 watcher.stop()
                 log(f"{head} FAILED")
+                partial.replace(out)
                 raise RunFailed(f"{nb.name}: the kernel died in {failed_cell(out, kernel_died=True)}: {how_it_ended(km)}.\n"
                                 f"The notebook as far as it ran: {out}") from None
             except pm.PapermillExecutionError as e:
                 watcher.stop()
                 log(f"{head} FAILED")
+                partial.replace(out)
                 show_data_report(run_dir, nb, started_at, log)
-                raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}\n"
+                raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}{disk_hint(e.evalue, run_dir)}\n"
                                 f"The executed notebook with the traceback: {out}") from None
+            except OSError as e:  # papermill could not save the executed notebook (most often: the disk is full)
+                watcher.stop()
+                log(f"{head} FAILED")
+                partial.unlink(missing_ok=True)
+                raise RunFailed(f"{nb.name}: {e.strerror or e} while saving the executed notebook"
+                                f"{disk_hint(str(e), run_dir)}; it is not kept, as it would be cut short.") from None
+            partial.replace(out)
             watcher.stop()
             cost = {"wall_s": time.perf_counter() - start, **kernels.costs(), **watcher.gpu_peak()}
             costs[nb.stem] = cost
@@ -157,6 +169,17 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
         watcher.stop()
         kernels.shutdown()
     return costs
+
+
+def disk_hint(message: str, run_dir: Path) -> str:
+    """Where an error says the disk is full: how much the run folder's disk has left, and what to do."""
+    import shutil
+
+    if "No space left on device" not in message:
+        return ""
+    free = shutil.disk_usage(run_dir).free
+    return (f" (the disk of the run folder {run_dir} has {free / 2**20:.1f} MiB free: free some space or "
+            f"choose another --run-dir, then run the same command again)")
 
 
 def uses_unsloth(values: dict) -> bool:

@@ -9,6 +9,7 @@ A URL is downloaded once into a cache and then read like a local file; a hub dat
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -76,15 +77,77 @@ def is_hub_name(name: str) -> bool:
 def locate(dataset: str) -> tuple[str, Path | None]:
     """What `dataset` names: ("file", path), ("url", None) or ("hub", None); a DatasetError naming the
     parameter when it is none of them (so the runner can refuse it before any notebook starts)."""
-    local = rundir.find_file(dataset)
+    try:
+        local = rundir.find_file(dataset)
+    except OSError as e:  # a folder on the way that this user may not enter
+        raise DatasetError(f"Parameter 'dataset' = '{dataset}': {e.filename} cannot be read: {e.strerror}.") from None
     if local is not None:
+        check_file(local, f"Parameter 'dataset' = '{dataset}': ")
         return "file", local
     if is_url(dataset):
         return "url", None
+    for link in _candidates(dataset):
+        if link.is_symlink():  # exists() is False for a link to nowhere: say so, not "no such file"
+            raise DatasetError(f"Parameter 'dataset' = '{dataset}': {link} is a symbolic link that leads to no "
+                               f"file ({_why_unreachable(link)}).")
     if is_hub_name(dataset):
         return "hub", None
-    raise DatasetError(f"Parameter 'dataset' = '{dataset}': no such file (looked in {Path.cwd()} and "
-                       f"{rundir.REPO_ROOT}), and it is neither an http(s) URL nor a hub name.")
+    raise DatasetError(f"Parameter 'dataset' = '{dataset}': no such file (looked in "
+                       f"{' and '.join(dict.fromkeys(str(c.parent) for c in _candidates(dataset)))}), and it is "
+                       f"neither an http(s) URL nor a hub name.")
+
+
+def _candidates(name: str) -> list[Path]:
+    path = Path(name).expanduser()
+    return [path] if path.is_absolute() else [Path.cwd() / path, rundir.REPO_ROOT / path]
+
+
+def _why_unreachable(link: Path) -> str:
+    try:
+        link.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "the links form a loop"
+        return f"its target {os.readlink(link)} does not exist"
+    return "its target is not a file"
+
+
+def check_file(path: Path, prefix: str = "") -> None:
+    """A DatasetError, before any row is read, for a path that is not a readable data file: a folder, an
+    unknown or mislabelled type (gzip, zip, CSV named .jsonl), an empty or unreadable file."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SUFFIXES)[:5]
+        raise DatasetError(f"{prefix}{path} is a folder; expected one data file ({', '.join(SUFFIXES)})"
+                           f"{'; in it: ' + ', '.join(inside) if inside else ''}.")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DatasetError(f"{prefix}dataset file {path}: unknown file type '{path.suffix}'; expected one of "
+                           f"{', '.join(SUFFIXES)}.")
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise DatasetError(f"{prefix}dataset file {path} cannot be read: {e.strerror}.") from None
+    if not head:
+        raise DatasetError(f"{prefix}dataset file {path} is empty (0 bytes): nothing to train on.")
+    looks = _looks_like(head, suffix)
+    if looks:
+        raise DatasetError(f"{prefix}dataset file {path} {looks}.")
+
+
+def _looks_like(head: bytes, suffix: str) -> str | None:
+    """What a file whose name says `suffix` really holds, where that is something else."""
+    if head.startswith(b"\x1f\x8b"):
+        return f"is gzip-compressed (it starts with the bytes 1f 8b), not {suffix} text: decompress it first (gunzip -k)"
+    if head.startswith(b"PK\x03\x04") and suffix != ".parquet":
+        return "is a zip archive: unzip it first and pass the data file inside"
+    if suffix in (".jsonl", ".json"):
+        first = head.removeprefix(BOM).lstrip().split(b"\n", 1)[0].strip()
+        if first and first[:1] not in b"{[" and (b"," in first or b"\t" in first):
+            shown = first[:80].decode("utf-8", "replace")
+            return (f"does not hold JSON: its first line, '{shown}', reads like a CSV header; if it is CSV, "
+                    f"name it .csv")
+    return None
 
 
 def read(dataset: str, split: str = "train", config: str | None = None, max_rows: int | None = None) -> RawData:
@@ -100,12 +163,8 @@ def read(dataset: str, split: str = "train", config: str | None = None, max_rows
 
 
 def read_file(path: Path, source: str | None = None) -> RawData:
+    check_file(path)
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DatasetError(f"Dataset file {path}: unknown file type '{path.suffix}'; expected one of "
-                           f"{', '.join(SUFFIXES)}.")
-    if path.stat().st_size == 0:
-        raise DatasetError(f"Dataset file {path} is empty (0 bytes): nothing to train on.")
     raw = RawData(source or str(path))
     if suffix == ".parquet":
         _read_parquet(path, raw)
@@ -120,10 +179,32 @@ def read_file(path: Path, source: str | None = None) -> RawData:
     return raw
 
 
+MAX_LINE_BYTES = 256 << 20  # a longer line is skipped unread: held whole, it would take several times its size
+
+
+def _lines(f):
+    """The lines of the binary file `f`, each as bytes, or as the int byte count of a line longer than
+    MAX_LINE_BYTES, which is read past in pieces and never held whole."""
+    while part := f.readline(MAX_LINE_BYTES + 1):
+        if len(part) <= MAX_LINE_BYTES or part.endswith(b"\n"):
+            yield part
+            continue
+        size = len(part)
+        while (part := f.readline(1 << 20)) and not part.endswith(b"\n"):
+            size += len(part)
+        yield size + len(part)
+
+
 def _decoded_lines(f, raw: RawData):
-    """The lines of the binary file `f` as text, one at a time; None for a line that is not UTF-8
-    (recorded as a problem)."""
-    for number, part in enumerate(f, start=1):
+    """The lines of the binary file `f` as text, one at a time; None for a line that is not UTF-8 or
+    over MAX_LINE_BYTES (recorded as a problem)."""
+    for number, part in enumerate(_lines(f), start=1):
+        if isinstance(part, int):
+            raw.problems.append(Problem(number, f"line {number}", "too large to read",
+                                        f"{part / 2**20:,.0f} MiB on one line; lines over {MAX_LINE_BYTES >> 20} "
+                                        f"MiB are skipped (training sees at most max_seq_length tokens of a row)"))
+            yield None
+            continue
         if number == 1 and part.startswith(BOM):
             part = part[len(BOM):]
             raw.fixes["byte-order mark removed"] += 1
@@ -136,8 +217,19 @@ def _decoded_lines(f, raw: RawData):
             yield part.decode("utf-8")
         except UnicodeDecodeError as e:
             raw.problems.append(Problem(number, f"line {number}", "not UTF-8",
-                                        f"byte 0x{part[e.start]:02x} at column {e.start + 1} is not valid UTF-8"))
+                                        f"byte 0x{part[e.start]:02x} at column {e.start + 1} is not valid UTF-8"
+                                        f"{encoding_hint(part, e.start)}"))
             yield None
+
+
+def encoding_hint(data: bytes, at: int) -> str:
+    """Where bytes that are not UTF-8 read as Windows-1252 (Excel's and Notepad's old default), say so."""
+    try:
+        shown = data[max(0, at - 12):at + 12].decode("cp1252")
+    except UnicodeDecodeError:
+        return ""
+    return (f"; it reads as Windows-1252 ('{' '.join(shown.split())}'): convert the file with "
+            f"iconv -f cp1252 -t utf-8 IN > OUT")
 
 
 def _read_jsonl(lines, raw: RawData, path: Path) -> None:

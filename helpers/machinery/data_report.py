@@ -6,7 +6,7 @@ import re
 from collections import Counter
 
 from helpers.machinery import formats
-from helpers.machinery.tokenizing import encode
+from helpers.machinery.tokenizing import CHARS_PER_TOKEN, encode
 
 
 SHOWN_PROBLEMS = 50
@@ -19,7 +19,10 @@ def report_table(report):
             ("rendered with", report.template), ("rows read", report.rows_read), ("rows kept", report.kept)]
     rows += [(f"dropped: {reason}", n) for reason, n in report.dropped.items()]
     rows += [(f"truncated to max_seq_length={report.max_seq_length}", report.truncated)]
+    if report.cut_before_tokenizing:
+        rows += [(f"of which cut to {CHARS_PER_TOKEN} characters a token before tokenizing", report.cut_before_tokenizing)]
     rows += [(f"fixed: {what}", n) for what, n in report.fixes.items()]
+    rows += [("warning", text) for text in report.warnings]
     return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
 
 
@@ -34,8 +37,11 @@ def report_lines(report: dict) -> list[str]:
     """The report as plain lines, for the runner's console output (from data_report.json)."""
     lines = [f"data: {report['source']} ({report.get('format')}): read {report['rows_read']}, "
              f"kept {report['kept']}, truncated {report['truncated']}"]
+    if report.get("cut_before_tokenizing"):
+        lines += [f"  cut before tokenizing {report['cut_before_tokenizing']}: over {CHARS_PER_TOKEN} characters a token"]
     lines += [f"  dropped {n}: {reason}" for reason, n in report.get("dropped", {}).items()]
     lines += [f"  fixed {n}: {what}" for what, n in report.get("fixes", {}).items()]
+    lines += [f"  warning: {text}" for text in report.get("warnings", [])]
     lines += [f"  {p['where']}: {p['reason']} ({p['detail']})" for p in report.get("problems", [])[:5]]
     return lines
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.machinery import formats
+from helpers.machinery import formats, rundir
 
 ROLES = ("system", "user", "assistant")
 
@@ -142,5 +142,6 @@ def write_modelfile(folder: Path, tokenizer, gguf_name: str, system: str | None,
     if found:
         path.unlink(missing_ok=True)
         raise Disagreement(f"No Modelfile written for {gguf_name}: " + "; ".join(found) + ".")
-    path.write_text(text, encoding="utf-8")
+    with rundir.replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path, note + "; its template, stops and end of turn agree with the tokenizer and model.gguf"

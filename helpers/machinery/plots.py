@@ -18,8 +18,11 @@ def finish(fig, path: str | Path | None = None):
 
     fig.tight_layout()
     if path is not None:
+        from helpers.machinery.rundir import replacing
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        with replacing(Path(path)) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return fig
 

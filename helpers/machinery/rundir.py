@@ -53,9 +53,30 @@ def _jsonable(value):
 def write_json(path: Path, data) -> None:
     """Write to a temporary name, then rename: a killed run never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def replacing(path: Path):
+    """A temporary file name beside `path` to write into; renamed to `path` when the block ends, removed
+    when it fails (a full disk, a kill), so `path` is either the old file or the whole new one."""
+    tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
+
+
+def write_json_or_remove(path: Path, data) -> None:
+    """write_json, where a failure to write (the disk is full) removes `path` instead: an old file
+    would read as the new result."""
+    try:
+        write_json(path, data)
+    except OSError:
+        Path(path).unlink(missing_ok=True)
 
 
 def read_json(path: Path, default=None):

@@ -28,11 +28,18 @@ def save_split(run_dir: Path, train: list[dict], held_out: list[dict], params: d
     """data/train.arrow and data/eval.arrow (and meta.json: what the token ids depend on), atomically.
     Held-out rows keep their messages, from which steps 5-6 make prompts; training rows do not."""
     final = Path(run_dir) / "data"
-    with rundir.building(final) as tmp:
-        for name, part in (("train", train), ("eval", held_out)):
-            _write_arrow(tmp / f"{name}.arrow", part, keep_messages=name == "eval")
-        meta = {k: params[k] for k in SPLIT_KEYS} if params else {}
-        rundir.write_json(tmp / "meta.json", {**meta, "rows": {"train": len(train), "eval": len(held_out)}})
+    try:
+        with rundir.building(final) as tmp:
+            for name, part in (("train", train), ("eval", held_out)):
+                _write_arrow(tmp / f"{name}.arrow", part, keep_messages=name == "eval")
+            meta = {k: params[k] for k in SPLIT_KEYS} if params else {}
+            rundir.write_json(tmp / "meta.json", {**meta, "rows": {"train": len(train), "eval": len(held_out)}})
+    except Exception as e:  # data_report.json says what was kept: it must not stand for a split not saved
+        report_path = Path(run_dir) / "data_report.json"
+        report = rundir.read_json(report_path, default=None)
+        if report is not None:
+            rundir.write_json_or_remove(report_path, {**report, "error": f"saving the split failed: {e}"})
+        raise
     return final
 
 

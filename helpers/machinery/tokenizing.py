@@ -7,6 +7,12 @@ import contextlib
 import gc
 import os
 
+# A row is cut to this many characters per max_seq_length token before it is rendered and tokenized: a
+# tokenizer takes about 230 MB of memory per MB of text, so a 100 MB row would take 20 GB only to be cut
+# to 2,048 tokens afterwards. No tokenizer's tokens run this long on average, so the cut text still has
+# more than max_seq_length tokens, and its first max_seq_length are the ones the whole row gives.
+CHARS_PER_TOKEN = 32
+
 
 @contextlib.contextmanager
 def no_cycle_collection():

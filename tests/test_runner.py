@@ -473,3 +473,28 @@ def test_values_are_read_as_yaml_with_exponent_floats():
     assert parse_value("true") is True and parse_value("null") is None and parse_value("8") == 8
     for value in (2e-4, "bundled:SmolLM2-135M-Instruct", ["a", "b"], None, False):
         assert parse_value(yaml_value(value)) == value
+
+
+def test_a_kernel_slow_to_start_is_waited_for_not_called_dead(tmp_path):
+    """A kernel that needs seconds before it answers (its first imports on a busy GPU machine): the runner
+    waits for it. Judged by its heartbeat alone, as a client made from connection info does, it was
+    "dead before replying to kernel_info" (the smoke chain on an H200 failed so, 2026-12-02)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    from tools.kernels import run_in_kernel
+
+    spec = tmp_path / "slow"
+    spec.mkdir()
+    late = "import time; time.sleep(6); from ipykernel.kernelapp import launch_new_instance; launch_new_instance()"
+    (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-c", late, "-f", "{connection_file}"],
+                                                  "display_name": "slow", "language": "python"}))
+    km = AsyncKernelManager(kernel_name="slow", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path)]))
+    run_sync(km.start_kernel)()
+    try:
+        started = time.perf_counter()
+        assert run_in_kernel(km, "print('WORKBOOK_RESULT {\"ok\": 1}')") == {"ok": 1}
+        assert time.perf_counter() - started > 5
+    finally:
+        run_sync(km.shutdown_kernel)(now=True)

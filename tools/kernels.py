@@ -175,7 +175,7 @@ def run_in_kernel(km, code: str) -> dict:
     client.load_connection_info(km.get_connection_info())
     client.start_channels()
     try:
-        client.wait_for_ready(timeout=120)
+        wait_until_ready(client, km, timeout=120)
         client.execute_interactive(code, store_history=False, output_hook=output, timeout=600)
     finally:
         client.stop_channels()
@@ -184,12 +184,32 @@ def run_in_kernel(km, code: str) -> dict:
     return found
 
 
+def wait_until_ready(client, km, timeout: float) -> None:
+    """`client.wait_for_ready`, where only the kernel's process ending counts as its death: a client made
+    from connection info judges by the heartbeat, which a kernel still importing its first modules on a
+    busy machine does not answer yet, and it would call that kernel dead."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.wait_for_ready(timeout=max(1.0, deadline - time.monotonic()))
+        except RuntimeError:
+            if exit_code(km) is not None or time.monotonic() >= deadline:
+                raise
+
+
+def exit_code(km) -> int | None:
+    """The exit status of the kernel process of `km`; None while it runs (or where it cannot be seen)."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    return process.poll() if process is not None else None
+
+
 def how_it_ended(km) -> str:
     """How the kernel of `km` ended, in words, with what to do where it was the out-of-memory killer."""
     import signal
 
-    process = getattr(getattr(km, "provisioner", None), "process", None)
-    returncode = process.poll() if process is not None else None
+    returncode = exit_code(km)
     if returncode is None:
         return "its process is gone"
     if returncode < 0:

@@ -99,6 +99,13 @@ PARAMS: list[Param] = [
     # 04_trainer
     P("per_device_train_batch_size", 2, "04", "Samples per forward pass on each device.", minimum=1),
     P("gradient_accumulation_steps", 4, "04", "Forward passes summed before each optimizer step.", minimum=1),
+    P("rows_per_pass", None, "04", "Rows in one forward/backward pass. The rows of an optimizer step "
+      "(per_device_train_batch_size x gradient_accumulation_steps) and the loss stay the post's; only how "
+      "they are grouped changes: None, the post's way (per_device_train_batch_size rows a pass); a number "
+      "that divides the rows of a step, e.g. 8 for one pass of 8 rows instead of 4 passes of 2, run "
+      "padding-free; `auto`, the most rows a pass that the GPU's memory holds at max_seq_length (on a CPU, "
+      "the post's way). A GPU's pass costs a fixed time whatever it carries, so on short rows fewer, "
+      "larger passes train the same steps faster."),
     P("warmup_steps", 2, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),
     P("max_steps", 12, "04", "Optimizer steps to train.", minimum=1),
     P("learning_rate", 1e-3, "04", "Peak learning rate.", minimum=0.0),
@@ -202,6 +209,10 @@ def check_value(name: str, value: Any) -> None:
     if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
         raise ParameterError(f"Parameter '{name}' = {value!r} has type {type(value).__name__}; expected "
                              f"{' or '.join(t.__name__ for t in types)}.")
+    if name == "rows_per_pass" and value is not None and value != "auto" and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ParameterError(f"Parameter 'rows_per_pass' = {value!r}; expected None (the post's "
+                             f"per_device_train_batch_size rows a pass), 'auto' or a whole number >= 1.")
     if name == "max_rows" and value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                                       or value < 1):
         raise ParameterError(f"Parameter 'max_rows' = {value!r}; expected None or a whole number >= 1.")

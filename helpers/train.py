@@ -30,7 +30,7 @@ class Session:
         self.params = params
         self.train, self.held_out = storage.load_split(Path(params["run_dir"]), params)
         self.train_ids = storage.training_dataset(self.train, params["max_seq_length"])
-        self.config, _ = trainer.training_config(params, Path(params["run_dir"]))
+        self.config, _ = trainer.training_config(params, Path(params["run_dir"]), self.model.config)
         self._trainer = None
 
     @property
@@ -52,7 +52,9 @@ class Session:
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         rows = [("backend", self.info.backend), ("model", self.info.model_name), ("device", self.info.device),
                 ("trainable parameters", f"{trainable:,}"), ("training rows", len(self.train)),
-                ("held-out rows", len(self.held_out)), ("optimizer steps", self.config["max_steps"])]
+                ("held-out rows", len(self.held_out)), ("optimizer steps", self.config["max_steps"]),
+                ("rows a pass x passes a step", f"{self.config['per_device_train_batch_size']} x "
+                                                f"{self.config['gradient_accumulation_steps']}")]
         rows += [(f"{name} (changed in {e['call']})", e["value"]) for name, e in self.edits.items()]
         return pd.DataFrame(rows, columns=["what", "value"]).set_index("what")
 

@@ -8,10 +8,46 @@ SEED_ARGUMENTS = ["per_device_train_batch_size", "gradient_accumulation_steps", 
                   "learning_rate", "weight_decay", "optim", "lr_scheduler_type", "seed", "logging_steps"]
 
 
-def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
+def passes(params: dict, model_config=None) -> tuple[int, int, str | None]:
+    """(rows a pass, passes a step, why) for `rows_per_pass`: the rows of an optimizer step stay
+    per_device_train_batch_size x gradient_accumulation_steps, grouped into fewer, larger passes where
+    asked. `model_config` (the loaded model's, else read from model_name) sizes "auto"'s passes."""
+    from helpers.machinery.memory import choose_checkpointing, choose_rows_per_pass
+
+    batch, steps = params["per_device_train_batch_size"], params["gradient_accumulation_steps"]
+    requested = params["rows_per_pass"]
+    import torch
+
+    if requested != "auto" or not torch.cuda.is_available():
+        rows, why = choose_rows_per_pass(requested, None, batch * steps, batch, params["max_seq_length"], None)
+        return rows, batch * steps // rows, why
+    config = model_config if model_config is not None else _read_config(params)
+    if config is None:
+        return batch, steps, "the model's config.json could not be read to size the passes: the post's passes"
+    from helpers.machinery.machine import choose_backend
+
+    # what a pass holds depends on the checkpointing step 2 chose (the same rule, the same inputs)
+    gc, _ = choose_checkpointing(params["use_gradient_checkpointing"], config, batch, params["max_seq_length"])
+    if gc == "unsloth" and choose_backend(params["backend"]) != "unsloth":
+        gc = True  # plain checkpointing: the block inputs stay on the GPU
+    rows, why = choose_rows_per_pass(requested, config, batch * steps, batch, params["max_seq_length"], gc)
+    return rows, batch * steps // rows, why
+
+
+def _read_config(params: dict):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(params["model_name"], trust_remote_code=params["trust_remote_code"])
+    except (OSError, ValueError):
+        return None
+
+
+def training_config(params: dict, run_dir: Path, model_config=None) -> tuple[dict, list]:
     """Keyword arguments for `trl.SFTConfig`, and the differences from what was asked (with reasons).
 
     Returned as a plain dict so that notebook 04 can show and save it without building a trainer.
+    `model_config`: the loaded model's, for sizing `rows_per_pass="auto"` (else read from model_name).
     """
     import importlib.util
 
@@ -39,6 +75,25 @@ def training_config(params: dict, run_dir: Path) -> tuple[dict, list]:
         # minutes at 210k rows) is skipped, except with packing, which TRL does in Arrow.
         dataset_kwargs={"skip_prepare_dataset": not params["packing"]},
     )
+    rows, steps, why = passes(params, model_config)
+    if rows != params["per_device_train_batch_size"]:
+        # Padding-free: a pass is the rows end to end, each with its own positions (TRL's collator), so no
+        # token attends to another row and the loss is the same sum over the same tokens, divided by the
+        # same count of tokens per optimizer step. 03 already cut every row to max_seq_length, which TRL
+        # wants said as max_length=None.
+        # (A model with its own code may not read per-row positions: its rows are padded instead.)
+        padding_free = not params["trust_remote_code"]
+        kwargs.update(per_device_train_batch_size=rows, gradient_accumulation_steps=steps, padding_free=padding_free)
+        if padding_free and not params["packing"]:
+            kwargs["max_length"] = None
+        differences.append(("rows a pass x passes a step",
+                            f"{params['per_device_train_batch_size']} x {params['gradient_accumulation_steps']}",
+                            f"{rows} x {steps}" + (", padding-free" if padding_free else ", padded"),
+                            f"rows_per_pass={params['rows_per_pass']!r}: {why}; the same "
+                            f"{rows * steps} rows a step and the same loss"))
+    elif why and params["rows_per_pass"] == "auto":
+        differences.append(("rows a pass x passes a step", "auto",
+                            f"{rows} x {steps} (the post's)", why))
     if gpu:
         bf16 = torch.cuda.is_bf16_supported()
         kwargs.update(bf16=bf16, fp16=not bf16)  # the post: fp16 = not is_bfloat16_supported()
@@ -98,7 +153,8 @@ def config_table(kwargs: dict):
 
     rows = [(k, kwargs[k]) for k in SEED_ARGUMENTS]
     rows += [("precision", "bf16" if kwargs.get("bf16") else "fp16" if kwargs.get("fp16") else "fp32"),
-             ("max_length (max_seq_length)", kwargs["max_length"]),
+             ("max_length (max_seq_length)", kwargs["max_length"] if kwargs["max_length"] is not None
+              else "None (step 3 cut the rows)"),
              ("effective batch size", effective_batch_size(kwargs)),
              ("samples seen in training", effective_batch_size(kwargs) * kwargs["max_steps"])]
     return pd.DataFrame(rows, columns=["argument", "value"]).set_index("argument")
@@ -148,6 +204,10 @@ def build(model, tokenizer, train, kwargs: dict, callbacks=()):
     is measured by the workbook itself (token_loss.mean_token_loss), not by the trainer."""
     from trl import SFTConfig, SFTTrainer
 
+    if kwargs.get("padding_free") and not kwargs.get("packing") and getattr(model, "max_seq_length", None):
+        # unsloth turns padding-free off for token ids it cannot cut itself (skip_prepare_dataset) unless the
+        # split says it is cut already, which it is: step 3 cut every row to max_seq_length
+        train._unsloth_truncated_to = model.max_seq_length
     return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=SFTConfig(**kwargs),
                       callbacks=list(callbacks))
 

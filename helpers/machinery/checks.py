@@ -118,6 +118,10 @@ def _check_reporting(target: str) -> None:
                              f"installed: pip install {packages[0]}, or report_to 'none'.")
 
 
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def check_combinations(params: dict, gpu: bool | None = None) -> dict:
     """Raise ParameterError for a combination that cannot run here; return params unchanged."""
     gpu = gpu_available() if gpu is None else gpu
@@ -146,6 +150,13 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
                              "fine-tuned model on held-out rows (the loss before and after, the fact score, "
                              "llama.cpp's agreement with the merged model). Expected more than 0: the post's "
                              "recipe uses 0.01, 2,103 of its 210,289 rows, and trains on the other 99%.")
+    rows_per_step = params["per_device_train_batch_size"] * params["gradient_accumulation_steps"]
+    if isinstance(params["rows_per_pass"], int) and rows_per_step % params["rows_per_pass"]:
+        raise ParameterError(f"Parameter 'rows_per_pass' = {params['rows_per_pass']} does not divide the "
+                             f"{rows_per_step} rows of an optimizer step (per_device_train_batch_size "
+                             f"{params['per_device_train_batch_size']} x gradient_accumulation_steps "
+                             f"{params['gradient_accumulation_steps']}): each step must keep its rows. "
+                             f"Expected one of {divisors(rows_per_step)}, 'auto' or None.")
     if params["train_on_responses_only"] and params["dataset_format"] == "text":
         raise ParameterError("Parameter 'train_on_responses_only' = True needs turns to tell prompts from "
                              "answers, and dataset_format 'text' has none. Use a format with turns or set it False.")

@@ -1,0 +1,156 @@
+"""`rows_per_pass`: the post's rows per optimizer step in fewer, larger passes, with the same result.
+
+The same rows in the same order, trained as the post groups them (2 rows a pass, 4 passes a step) and as
+one padding-free pass of 8: the per-step losses and the trained adapter must agree within rounding
+(float32 on a CPU, bf16 on a GPU). The control is the defect the padding-free pass must avoid: rows laid
+end to end without their own positions, so that each row attends to the rows before it."""
+import random
+from pathlib import Path
+
+import pytest
+
+from helpers import lora, model as models, trainer as trainers
+from helpers.machinery import memory
+from helpers.machinery.errors import ParameterError
+from helpers.machinery.checks import check_combinations
+from helpers.params import DEFAULTS
+
+GIB = 2**30
+
+
+def rows(n: int = 80, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)  # lengths 8-60, like short chats: a batch of 2 would carry padding
+    return [[rng.randrange(5, 500) for _ in range(rng.randrange(8, 60))] for _ in range(n)]
+
+
+def train(params: dict, data, leak: bool = False):
+    """Per-step losses, the LoRA weights after training, and the passes the trainer ran. `leak`: drop the
+    per-row positions of padding-free batches (the defect)."""
+    from datasets import Dataset
+
+    m, tok, info = models.load(params)
+    m, _ = lora.add_lora(m, params, info.backend)
+    before = {k: v.detach().float().clone() for k, v in m.named_parameters() if "lora_" in k}
+    kwargs, differences = trainers.training_config(params, Path(params["run_dir"]), m.config)
+    kwargs.update(save_strategy="no", disable_tqdm=True, report_to="none")
+    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": data}), kwargs)
+    passes = []
+    step = t.training_step
+
+    def counted(model, inputs, *a, **kw):
+        passes.append(int(inputs["input_ids"].shape[0]))
+        if leak:  # one position count over the whole row, one length: nothing tells the rows apart
+            import torch
+
+            n, device = inputs["input_ids"].shape[1], inputs["input_ids"].device
+            # transformers finds the rows from position_ids resets; unsloth from packed_seq_lengths, when given
+            assert {"position_ids", "packed_seq_lengths"} & set(inputs), sorted(inputs)
+            inputs = {**inputs, "position_ids": torch.arange(n, device=device)[None]}
+            if "packed_seq_lengths" in inputs:
+                lengths = inputs["packed_seq_lengths"]
+                inputs["packed_seq_lengths"] = (torch.tensor([n], dtype=lengths.dtype, device=lengths.device)
+                                                if torch.is_tensor(lengths) else [n])
+        return step(model, inputs, *a, **kw)
+
+    t.training_step = counted
+    t.train()
+    losses = [h["loss"] for h in t.state.log_history if "loss" in h]
+    after = {k: v.detach().float().clone() for k, v in m.named_parameters() if "lora_" in k}
+    return losses, {k: after[k] - before[k] for k in after}, passes, kwargs, differences
+
+
+def gap(a: dict, b: dict) -> float:
+    """How far apart two adapters' updates are, relative to the update itself."""
+    import torch
+
+    num = sum(float(torch.linalg.vector_norm(a[k] - b[k]) ** 2) for k in a)
+    den = sum(float(torch.linalg.vector_norm(a[k]) ** 2) for k in a)
+    return (num / den) ** 0.5
+
+
+def compare(tiny_params, loss_tol: float, adapter_tol: float):
+    post = {**tiny_params, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "max_steps": 4,
+            "learning_rate": 5e-3}
+    data = rows()
+    losses_a, update_a, passes_a, _, _ = train(post, data)
+    one_pass = {**post, "rows_per_pass": 8}
+    losses_b, update_b, passes_b, kwargs, differences = train(one_pass, data)
+    assert passes_a == [2] * 16 and kwargs["per_device_train_batch_size"] == 8
+    assert len(passes_b) == 4  # one pass a step (padding-free: one row of the 8 rows end to end)
+    assert kwargs["padding_free"] is True and ("rows a pass x passes a step", "2 x 4", "8 x 1, padding-free") == \
+        differences[0][:3]
+    relative = max(abs(a - b) / abs(a) for a, b in zip(losses_a, losses_b))
+    assert relative < loss_tol, (losses_a, losses_b)
+    assert gap(update_a, update_b) < adapter_tol
+    # the control: the same single pass with rows attending to the rows before them
+    losses_c, update_c, _, _, _ = train(one_pass, data, leak=True)
+    assert max(abs(a - c) / abs(a) for a, c in zip(losses_a, losses_c)) > 10 * loss_tol
+    assert gap(update_a, update_c) > 2 * adapter_tol
+    return relative, gap(update_a, update_b)
+
+
+def test_one_pass_of_eight_rows_trains_as_four_passes_of_two(tiny_params):
+    """On a CPU, in float32 (transformers' SDPA reads the per-row positions of a padding-free row)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the GPU test below covers the unsloth path")
+    compare(tiny_params, loss_tol=1e-5, adapter_tol=1e-3)
+
+
+@pytest.mark.gpu
+def test_one_pass_of_eight_rows_trains_as_four_passes_of_two_on_the_gpu(tiny_params):
+    """On the unsloth backend in bf16 (its padding-free attention keeps the rows apart)."""
+    compare(tiny_params, loss_tol=2e-3, adapter_tol=5e-2)
+
+
+def test_rows_per_pass_must_divide_the_rows_of_a_step():
+    params = {**DEFAULTS, "rows_per_pass": 3}
+    with pytest.raises(ParameterError, match=r"'rows_per_pass' = 3 does not divide the 8 rows.*\[1, 2, 4, 8\]"):
+        check_combinations(params, gpu=False)
+    for ok in (None, "auto", 1, 4, 8):
+        check_combinations({**DEFAULTS, "rows_per_pass": ok}, gpu=False)
+
+
+def test_auto_on_a_cpu_keeps_the_posts_passes_and_says_why(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU behaviour")
+    kwargs, differences = trainers.training_config({**DEFAULTS, "rows_per_pass": "auto"}, tmp_path)
+    assert (kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"]) == (2, 4)
+    assert "padding_free" not in kwargs
+    (why,) = [d for d in differences if d[0] == "rows a pass x passes a step"]
+    assert why[2] == "2 x 4 (the post's)" and "no GPU" in why[3]
+
+
+def llama_8b():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                           num_hidden_layers=32, vocab_size=128256)
+
+
+@pytest.mark.parametrize("free_gib, checkpointing, rows", [
+    (130, False, 4),       # an H200 without recomputation: 8 rows of 2048 (~150 GiB) do not fit, 4 do
+    (130, "unsloth", 8),   # with unsloth's offloaded checkpointing all 8 rows fit one pass
+    (9, "unsloth", 8),     # a 16 GB card (9 GiB free beside the 8B weights in 4-bit): all 8 too
+    (6, "unsloth", 4),     # less free: 4 rows of 2048 a pass
+    (3, "unsloth", 2),     # too little for more than the post's 2
+    (9, False, 2),         # without checkpointing not even the post's pass fits: it stays the post's
+])
+def test_auto_takes_the_largest_pass_that_fits(free_gib, checkpointing, rows):
+    got, why = memory.choose_rows_per_pass("auto", llama_8b(), 8, 2, 2048, checkpointing,
+                                           free_bytes=free_gib * GIB)
+    assert got == rows, why
+    need = memory.pass_bytes(llama_8b(), rows * 2048, checkpointing) * memory.SAFETY
+    if rows > 2:
+        assert need < free_gib * GIB and f"{rows} rows" in why
+    if rows < 8:
+        bigger = memory.pass_bytes(llama_8b(), 2 * rows * 2048, checkpointing) * memory.SAFETY
+        assert bigger >= free_gib * GIB  # the next divisor up would not have fit
+
+
+def test_explicit_rows_per_pass_is_taken_as_asked():
+    assert memory.choose_rows_per_pass(None, None, 8, 2, 2048, False) == (2, None)
+    assert memory.choose_rows_per_pass(8, None, 8, 2, 2048, False)[0] == 8

@@ -102,8 +102,8 @@ PARAMS: list[Param] = [
     P("rows_per_pass", None, "04", "Rows in one forward/backward pass. The rows of an optimizer step "
       "(per_device_train_batch_size x gradient_accumulation_steps) and the loss stay the post's; only how "
       "they are grouped changes: None, the post's way (per_device_train_batch_size rows a pass); a number "
-      "that divides the rows of a step, e.g. 8 for one pass of 8 rows instead of 4 passes of 2, run "
-      "padding-free; `auto`, the most rows a pass that the GPU's memory holds at max_seq_length (on a CPU, "
+      "that divides the rows of a step, e.g. 8 for one pass of 8 rows instead of 4 passes of 2; "
+      "`auto`, the most rows a pass that the GPU's memory holds at max_seq_length (on a CPU, "
       "the post's way). A GPU's pass costs a fixed time whatever it carries, so on short rows fewer, "
       "larger passes train the same steps faster."),
     P("warmup_steps", 2, "04", "Steps over which the learning rate ramps up from 0.", minimum=0),

@@ -77,18 +77,15 @@ def training_config(params: dict, run_dir: Path, model_config=None) -> tuple[dic
     )
     rows, steps, why = passes(params, model_config)
     if rows != params["per_device_train_batch_size"]:
-        # Padding-free: a pass is the rows end to end, each with its own positions (TRL's collator), so no
-        # token attends to another row and the loss is the same sum over the same tokens, divided by the
-        # same count of tokens per optimizer step. 03 already cut every row to max_seq_length, which TRL
-        # wants said as max_length=None.
-        # (A model with its own code may not read per-row positions: its rows are padded instead.)
-        padding_free = not params["trust_remote_code"]
-        kwargs.update(per_device_train_batch_size=rows, gradient_accumulation_steps=steps, padding_free=padding_free)
-        if padding_free and not params["packing"]:
-            kwargs["max_length"] = None
+        # The loss stays the post's: transformers sums it over the answer tokens of every pass and divides
+        # by the count of those tokens in the whole optimizer step, however the step's rows are grouped.
+        # Padding is left to the backend as in the post's passes: unsloth pads rows it cannot cut itself
+        # (step 3 did), and on the H200 a padded pass of 8 short rows ran as fast as a padding-free one
+        # (docs/benchmarks.md), which runs uncompiled blocks and one attention call per row.
+        kwargs.update(per_device_train_batch_size=rows, gradient_accumulation_steps=steps)
         differences.append(("rows a pass x passes a step",
                             f"{params['per_device_train_batch_size']} x {params['gradient_accumulation_steps']}",
-                            f"{rows} x {steps}" + (", padding-free" if padding_free else ", padded"),
+                            f"{rows} x {steps}",
                             f"rows_per_pass={params['rows_per_pass']!r}: {why}; the same "
                             f"{rows * steps} rows a step and the same loss"))
     elif why and params["rows_per_pass"] == "auto":
@@ -153,8 +150,7 @@ def config_table(kwargs: dict):
 
     rows = [(k, kwargs[k]) for k in SEED_ARGUMENTS]
     rows += [("precision", "bf16" if kwargs.get("bf16") else "fp16" if kwargs.get("fp16") else "fp32"),
-             ("max_length (max_seq_length)", kwargs["max_length"] if kwargs["max_length"] is not None
-              else "None (step 3 cut the rows)"),
+             ("max_length (max_seq_length)", kwargs["max_length"]),
              ("effective batch size", effective_batch_size(kwargs)),
              ("samples seen in training", effective_batch_size(kwargs) * kwargs["max_steps"])]
     return pd.DataFrame(rows, columns=["argument", "value"]).set_index("argument")
@@ -204,10 +200,6 @@ def build(model, tokenizer, train, kwargs: dict, callbacks=()):
     is measured by the workbook itself (token_loss.mean_token_loss), not by the trainer."""
     from trl import SFTConfig, SFTTrainer
 
-    if kwargs.get("padding_free") and not kwargs.get("packing") and getattr(model, "max_seq_length", None):
-        # unsloth turns padding-free off for token ids it cannot cut itself (skip_prepare_dataset) unless the
-        # split says it is cut already, which it is: step 3 cut every row to max_seq_length
-        train._unsloth_truncated_to = model.max_seq_length
     return SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train, args=SFTConfig(**kwargs),
                       callbacks=list(callbacks))
 

@@ -1,9 +1,10 @@
 """`rows_per_pass`: the post's rows per optimizer step in fewer, larger passes, with the same result.
 
 The same rows in the same order, trained as the post groups them (2 rows a pass, 4 passes a step) and as
-one padding-free pass of 8: the per-step losses and the trained adapter must agree within rounding
-(float32 on a CPU, bf16 on a GPU). The control is the defect the padding-free pass must avoid: rows laid
-end to end without their own positions, so that each row attends to the rows before it."""
+one pass of 8: the per-step losses and the trained adapter must agree within rounding (float32 on a CPU,
+bf16 on a GPU). The control is the defect regrouping must not bring: a loss that is each pass's mean
+(then averaged over the passes) instead of the step's sum over its answer tokens divided by their count,
+which weighs a short row's tokens more when it shares a pass with fewer tokens."""
 import random
 from pathlib import Path
 
@@ -23,9 +24,9 @@ def rows(n: int = 80, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(5, 500) for _ in range(rng.randrange(8, 60))] for _ in range(n)]
 
 
-def train(params: dict, data, leak: bool = False):
-    """Per-step losses, the LoRA weights after training, and the passes the trainer ran. `leak`: drop the
-    per-row positions of padding-free batches (the defect)."""
+def train(params: dict, data, per_pass_mean: bool = False):
+    """Per-step losses, the LoRA weights after training, and the passes the trainer ran. `per_pass_mean`:
+    each pass's loss is its own tokens' mean (the defect)."""
     from datasets import Dataset
 
     m, tok, info = models.load(params)
@@ -39,17 +40,8 @@ def train(params: dict, data, leak: bool = False):
 
     def counted(model, inputs, *a, **kw):
         passes.append(int(inputs["input_ids"].shape[0]))
-        if leak:  # one position count over the whole row, one length: nothing tells the rows apart
-            import torch
-
-            n, device = inputs["input_ids"].shape[1], inputs["input_ids"].device
-            # transformers finds the rows from position_ids resets; unsloth from packed_seq_lengths, when given
-            assert {"position_ids", "packed_seq_lengths"} & set(inputs), sorted(inputs)
-            inputs = {**inputs, "position_ids": torch.arange(n, device=device)[None]}
-            if "packed_seq_lengths" in inputs:
-                lengths = inputs["packed_seq_lengths"]
-                inputs["packed_seq_lengths"] = (torch.tensor([n], dtype=lengths.dtype, device=lengths.device)
-                                                if torch.is_tensor(lengths) else [n])
+        if per_pass_mean:  # without the step's token count transformers takes the pass's mean / passes
+            return step(model, inputs, None)
         return step(model, inputs, *a, **kw)
 
     t.training_step = counted
@@ -76,21 +68,20 @@ def compare(tiny_params, loss_tol: float, adapter_tol: float):
     one_pass = {**post, "rows_per_pass": 8}
     losses_b, update_b, passes_b, kwargs, differences = train(one_pass, data)
     assert passes_a == [2] * 16 and kwargs["per_device_train_batch_size"] == 8
-    assert len(passes_b) == 4  # one pass a step (padding-free: one row of the 8 rows end to end)
-    assert kwargs["padding_free"] is True and ("rows a pass x passes a step", "2 x 4", "8 x 1, padding-free") == \
-        differences[0][:3]
+    assert passes_b == [8] * 4  # one pass a step
+    assert ("rows a pass x passes a step", "2 x 4", "8 x 1") == differences[0][:3]
     relative = max(abs(a - b) / abs(a) for a, b in zip(losses_a, losses_b))
     assert relative < loss_tol, (losses_a, losses_b)
     assert gap(update_a, update_b) < adapter_tol
-    # the control: the same single pass with rows attending to the rows before them
-    losses_c, update_c, _, _, _ = train(one_pass, data, leak=True)
-    assert max(abs(a - c) / abs(a) for a, c in zip(losses_a, losses_c)) > 10 * loss_tol
-    assert gap(update_a, update_c) > 2 * adapter_tol
+    # the control: the post's passes with each pass's mean loss are no longer the one pass of 8
+    losses_c, update_c, _, _, _ = train(post, data, per_pass_mean=True)
+    assert max(abs(b - c) / abs(b) for b, c in zip(losses_b, losses_c)) > 10 * loss_tol
+    assert gap(update_b, update_c) > 2 * adapter_tol
     return relative, gap(update_a, update_b)
 
 
 def test_one_pass_of_eight_rows_trains_as_four_passes_of_two(tiny_params):
-    """On a CPU, in float32 (transformers' SDPA reads the per-row positions of a padding-free row)."""
+    """On a CPU, in float32, through transformers."""
     import torch
 
     if torch.cuda.is_available():
@@ -100,7 +91,7 @@ def test_one_pass_of_eight_rows_trains_as_four_passes_of_two(tiny_params):
 
 @pytest.mark.gpu
 def test_one_pass_of_eight_rows_trains_as_four_passes_of_two_on_the_gpu(tiny_params):
-    """On the unsloth backend in bf16 (its padding-free attention keeps the rows apart)."""
+    """On the unsloth backend in bf16."""
     compare(tiny_params, loss_tol=2e-3, adapter_tol=5e-2)
 
 
@@ -119,7 +110,6 @@ def test_auto_on_a_cpu_keeps_the_posts_passes_and_says_why(tmp_path):
         pytest.skip("CPU behaviour")
     kwargs, differences = trainers.training_config({**DEFAULTS, "rows_per_pass": "auto"}, tmp_path)
     assert (kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"]) == (2, 4)
-    assert "padding_free" not in kwargs
     (why,) = [d for d in differences if d[0] == "rows a pass x passes a step"]
     assert why[2] == "2 x 4 (the post's)" and "no GPU" in why[3]
 

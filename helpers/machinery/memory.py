@@ -52,7 +52,7 @@ def checkpointed_bytes(config, tokens: int, offloaded: bool = False) -> int:
 
 
 def pass_bytes(config, tokens: int, checkpointing) -> int:
-    """Activation bytes of one forward/backward pass of `tokens` tokens (padding-free: the rows' sum),
+    """Activation bytes of one forward/backward pass of `tokens` tokens (rows x the longest row's length),
     with `checkpointing` as get_peft_model has it (False, True, or "unsloth": offloaded)."""
     if not checkpointing:
         return activation_bytes(config, 1, tokens)

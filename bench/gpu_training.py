@@ -29,6 +29,7 @@ and of the fast config after as many tokens; with `--profile STACK SCENARIO`, wh
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -48,9 +49,9 @@ SEED = dict(lora_r=16, lora_alpha=32, per_device_train_batch_size=2, gradient_ac
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 def fast_config() -> dict:
     """What configs/llama31-8b-oig-fast.yaml changes from the post's configs/llama31-8b-oig.yaml."""
-    import yaml
+    from helpers.params import load_config
 
-    post, fast = (yaml.safe_load((REPO / "configs" / f"{n}.yaml").read_text()) for n in ("llama31-8b-oig", "llama31-8b-oig-fast"))
+    post, fast = (load_config(REPO / "configs" / f"{n}.yaml") for n in ("llama31-8b-oig", "llama31-8b-oig-fast"))
     return {k: v for k, v in fast.items() if post.get(k) != v}
 
 
@@ -99,13 +100,19 @@ def make_fixture(folder: Path, size: str) -> tuple[Path, Path]:
     return ckpt, data
 
 
+@functools.lru_cache(maxsize=1)
+def shuffled_lines(data: Path) -> list[str]:
+    """The OIG-format file's lines in a fixed random order (read once: training and held-out rows both
+    come from it)."""
+    lines = data.read_text(encoding="utf-8").splitlines()
+    random.Random(0).shuffle(lines)
+    return lines
+
+
 def oig_rows(data: Path, tokenizer, n: int, offset: int = 0) -> list[list[int]]:
     """`n` rows of the OIG-format file in a fixed random order (from `offset` on), tokenized as step 3
     tokenizes dataset_format text: the text, then EOS, cut at max_seq_length."""
-    lines = data.read_text(encoding="utf-8").splitlines()
-    order = list(range(len(lines)))
-    random.Random(0).shuffle(order)
-    texts = [json.loads(lines[i])["text"] for i in order[offset:offset + n]]
+    texts = [json.loads(line)["text"] for line in shuffled_lines(data)[offset:offset + n]]
     ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
     return [(row + [tokenizer.eos_token_id])[:SEED["max_seq_length"]] for row in ids]
 

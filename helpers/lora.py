@@ -12,12 +12,19 @@ def checkpointing(model, backend: str, *, use_gradient_checkpointing, per_device
                   max_seq_length: int) -> tuple[object, list]:
     """The `use_gradient_checkpointing` value for this machine, and the differences from what was asked
     (`auto` decides from the activations of a batch of that size and length)."""
+    return checkpointing_for(model.config, backend, use_gradient_checkpointing=use_gradient_checkpointing,
+                             per_device_train_batch_size=per_device_train_batch_size, max_seq_length=max_seq_length)
+
+
+def checkpointing_for(config, backend: str, *, use_gradient_checkpointing, per_device_train_batch_size: int,
+                      max_seq_length: int) -> tuple[object, list]:
+    """`checkpointing` from the model's config alone (step 4 sizes its passes before a model is loaded)."""
     import torch
 
     from helpers.machinery.memory import choose_checkpointing
 
     differences = []
-    gc, why = choose_checkpointing(use_gradient_checkpointing, model.config, per_device_train_batch_size,
+    gc, why = choose_checkpointing(use_gradient_checkpointing, config, per_device_train_batch_size,
                                    max_seq_length)
     if why:
         differences.append(("use_gradient_checkpointing", "auto", gc, why))

@@ -12,24 +12,21 @@ def passes(params: dict, model_config=None) -> tuple[int, int, str | None]:
     """(rows a pass, passes a step, why) for `rows_per_pass`: the rows of an optimizer step stay
     per_device_train_batch_size x gradient_accumulation_steps, grouped into fewer, larger passes where
     asked. `model_config` (the loaded model's, else read from model_name) sizes "auto"'s passes."""
-    from helpers.machinery.memory import choose_checkpointing, choose_rows_per_pass
-
-    batch, steps = params["per_device_train_batch_size"], params["gradient_accumulation_steps"]
-    requested = params["rows_per_pass"]
     import torch
 
-    if requested != "auto" or not torch.cuda.is_available():
-        rows, why = choose_rows_per_pass(requested, None, batch * steps, batch, params["max_seq_length"], None)
-        return rows, batch * steps // rows, why
-    config = model_config if model_config is not None else _read_config(params)
-    if config is None:
-        return batch, steps, "the model's config.json could not be read to size the passes: the post's passes"
+    from helpers import lora
     from helpers.machinery.machine import choose_backend
+    from helpers.machinery.memory import choose_rows_per_pass
+    from helpers.params import pick
 
-    # what a pass holds depends on the checkpointing step 2 chose (the same rule, the same inputs)
-    gc, _ = choose_checkpointing(params["use_gradient_checkpointing"], config, batch, params["max_seq_length"])
-    if gc == "unsloth" and choose_backend(params["backend"]) != "unsloth":
-        gc = True  # plain checkpointing: the block inputs stay on the GPU
+    batch, steps = params["per_device_train_batch_size"], params["gradient_accumulation_steps"]
+    requested, config, gc = params["rows_per_pass"], None, None
+    if requested == "auto" and torch.cuda.is_available():  # on a CPU, auto needs no config to decide
+        config = model_config if model_config is not None else _read_config(params)
+        if config is None:
+            return batch, steps, "the model's config.json could not be read to size the passes: the post's passes"
+        # what a pass holds depends on the checkpointing step 2 chose (the same rule, the same inputs)
+        gc, _ = lora.checkpointing_for(config, choose_backend(params["backend"]), **pick(params, lora.checkpointing_for))
     rows, why = choose_rows_per_pass(requested, config, batch * steps, batch, params["max_seq_length"], gc)
     return rows, batch * steps // rows, why
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from helpers.machinery.errors import ParameterError
-from helpers.machinery import weights
+from helpers.machinery import memory, weights
 
 
 def gpu_available() -> bool:
@@ -118,10 +118,6 @@ def _check_reporting(target: str) -> None:
                              f"installed: pip install {packages[0]}, or report_to 'none'.")
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def check_combinations(params: dict, gpu: bool | None = None) -> dict:
     """Raise ParameterError for a combination that cannot run here; return params unchanged."""
     gpu = gpu_available() if gpu is None else gpu
@@ -156,7 +152,7 @@ def check_combinations(params: dict, gpu: bool | None = None) -> dict:
                              f"{rows_per_step} rows of an optimizer step (per_device_train_batch_size "
                              f"{params['per_device_train_batch_size']} x gradient_accumulation_steps "
                              f"{params['gradient_accumulation_steps']}): each step must keep its rows. "
-                             f"Expected one of {divisors(rows_per_step)}, 'auto' or None.")
+                             f"Expected one of {memory.divisors(rows_per_step)}, 'auto' or None.")
     if params["train_on_responses_only"] and params["dataset_format"] == "text":
         raise ParameterError("Parameter 'train_on_responses_only' = True needs turns to tell prompts from "
                              "answers, and dataset_format 'text' has none. Use a format with turns or set it False.")

@@ -77,6 +77,10 @@ def choose_checkpointing(requested, config, batch_size: int, seq_len: int, free_
     return "unsloth", f"activations would need ~{need / gib:.1f} GiB, only {free_bytes / gib:.1f} GiB free"
 
 
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def choose_rows_per_pass(requested, config, rows_per_step: int, batch_size: int, seq_len: int, checkpointing,
                          free_bytes: int | None = None) -> tuple[int, str | None]:
     """(rows a pass, reason): `None` keeps the post's `batch_size`; a number is used as it is; "auto" takes
@@ -95,7 +99,7 @@ def choose_rows_per_pass(requested, config, rows_per_step: int, batch_size: int,
                                 "so auto keeps the post's passes")
         free_bytes = free_gpu_bytes()
     gib = 2**30
-    for rows in sorted((d for d in range(batch_size, rows_per_step + 1) if rows_per_step % d == 0), reverse=True):
+    for rows in reversed([d for d in divisors(rows_per_step) if d >= batch_size]):
         need = pass_bytes(config, rows * seq_len, checkpointing) * SAFETY
         if need < free_bytes:
             return rows, (f"{rows} rows of up to {seq_len} tokens need ~{need / gib:.1f} GiB "

@@ -25,7 +25,7 @@ def checkpointing_for(config, backend: str, *, use_gradient_checkpointing, per_d
 
     differences = []
     gc, why = choose_checkpointing(use_gradient_checkpointing, config, per_device_train_batch_size,
-                                   max_seq_length)
+                                   max_seq_length, backend=backend)
     if why:
         differences.append(("use_gradient_checkpointing", "auto", gc, why))
     if backend == "hf" and gc == "unsloth":

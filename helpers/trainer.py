@@ -20,14 +20,16 @@ def passes(params: dict, model_config=None) -> tuple[int, int, str | None]:
     from helpers.params import pick
 
     batch, steps = params["per_device_train_batch_size"], params["gradient_accumulation_steps"]
-    requested, config, gc = params["rows_per_pass"], None, None
+    requested, config, gc, backend = params["rows_per_pass"], None, None, "hf"
     if requested == "auto" and torch.cuda.is_available():  # on a CPU, auto needs no config to decide
         config = model_config if model_config is not None else _read_config(params)
         if config is None:
             return batch, steps, "the model's config.json could not be read to size the passes: the post's passes"
         # what a pass holds depends on the checkpointing step 2 chose (the same rule, the same inputs)
-        gc, _ = lora.checkpointing_for(config, choose_backend(params["backend"]), **pick(params, lora.checkpointing_for))
-    rows, why = choose_rows_per_pass(requested, config, batch * steps, batch, params["max_seq_length"], gc)
+        backend = choose_backend(params["backend"])
+        gc, _ = lora.checkpointing_for(config, backend, **pick(params, lora.checkpointing_for))
+    rows, why = choose_rows_per_pass(requested, config, batch * steps, batch, params["max_seq_length"], gc,
+                                     backend=backend)
     return rows, batch * steps // rows, why
 
 

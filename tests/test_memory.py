@@ -13,6 +13,16 @@ def test_llama_8b_seed_settings_need_about_30_gib():
     assert activation_bytes(LLAMA_8B, 4, 2048) == 2 * need  # linear in tokens
 
 
+def test_unsloth_count_stays_above_what_the_h200_measured():
+    """unsloth's fused kernels keep fewer activations; the count must not fall under the 4.0 MB a token
+    measured at the 8B shape (38.5 GiB reserved for 4 x 2,048 tokens, 5.5 GiB of it the weights), or
+    'auto' would pick passes that do not fit."""
+    measured = (38.5 - 5.5) * GIB / (4 * 2048)
+    counted = activation_bytes(LLAMA_8B, 1, 1, backend="unsloth")
+    assert measured < counted < 1.3 * measured
+    assert counted < activation_bytes(LLAMA_8B, 1, 1)  # transformers' count stays the larger
+
+
 def test_auto_turns_checkpointing_off_only_when_it_fits():
     need = activation_bytes(LLAMA_8B, 2, 2048) * SAFETY
     off, why = choose_checkpointing("auto", LLAMA_8B, 2, 2048, free_bytes=int(need) + GIB)

@@ -20,8 +20,12 @@ GIB = 2**30
 
 
 def rows(n: int = 80, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)  # lengths 8-60, like short chats: a batch of 2 would carry padding
-    return [[rng.randrange(5, 500) for _ in range(rng.randrange(8, 60))] for _ in range(n)]
+    """Short rows of a few easy tokens and long rows of many, in random order: a batch of 2 carries padding,
+    and the rows' losses part as soon as training starts, so a loss that weighs rows wrongly shows."""
+    rng = random.Random(seed)
+    short = lambda: [rng.randrange(5, 9) for _ in range(rng.randrange(6, 12))]  # noqa: E731
+    long = lambda: [rng.randrange(5, 500) for _ in range(rng.randrange(40, 60))]  # noqa: E731
+    return [short() if rng.random() < 0.5 else long() for _ in range(n)]
 
 
 def train(params: dict, data, per_pass_mean: bool = False):
@@ -75,8 +79,10 @@ def compare(tiny_params, loss_tol: float, adapter_tol: float):
     assert gap(update_a, update_b) < adapter_tol
     # the control: the post's passes with each pass's mean loss are no longer the one pass of 8
     losses_c, update_c, _, _, _ = train(post, data, per_pass_mean=True)
-    assert max(abs(b - c) / abs(b) for b, c in zip(losses_b, losses_c)) > 10 * loss_tol
-    assert gap(update_b, update_c) > 2 * adapter_tol
+    control = max(abs(b - c) / abs(b) for b, c in zip(losses_b, losses_c)), gap(update_b, update_c)
+    print(f"same rows: loss {relative:.2e}, adapter {gap(update_a, update_b):.2e}; per-pass mean: "
+          f"loss {control[0]:.2e}, adapter {control[1]:.2e}")
+    assert control[0] > 3 * loss_tol and control[1] > 3 * adapter_tol, control
     return relative, gap(update_a, update_b)
 
 
@@ -121,23 +127,25 @@ def llama_8b():
                            num_hidden_layers=32, vocab_size=128256)
 
 
-@pytest.mark.parametrize("free_gib, checkpointing, rows", [
-    (130, False, 4),       # an H200 without recomputation: 8 rows of 2048 (~150 GiB) do not fit, 4 do
-    (130, "unsloth", 8),   # with unsloth's offloaded checkpointing all 8 rows fit one pass
-    (9, "unsloth", 8),     # a 16 GB card (9 GiB free beside the 8B weights in 4-bit): all 8 too
-    (6, "unsloth", 4),     # less free: 4 rows of 2048 a pass
-    (3, "unsloth", 2),     # too little for more than the post's 2
-    (9, False, 2),         # without checkpointing not even the post's pass fits: it stays the post's
+@pytest.mark.parametrize("free_gib, checkpointing, backend, rows", [
+    (130, False, "hf", 4),          # an H200 through transformers: 8 rows of 2048 (~150 GiB) do not fit, 4 do
+    (130, False, "unsloth", 8),     # unsloth keeps about half of that (measured 38.5 GiB for 4): 8 fit
+    (60, False, "unsloth", 4),
+    (130, "unsloth", "unsloth", 8),  # with unsloth's offloaded checkpointing all 8 rows fit one pass
+    (9, "unsloth", "unsloth", 8),   # a 16 GB card (9 GiB free beside the 8B weights in 4-bit): all 8 too
+    (6, "unsloth", "unsloth", 4),   # less free: 4 rows of 2048 a pass
+    (3, "unsloth", "unsloth", 2),   # too little for more than the post's 2
+    (9, False, "unsloth", 2),       # without checkpointing not even the post's pass fits: it stays the post's
 ])
-def test_auto_takes_the_largest_pass_that_fits(free_gib, checkpointing, rows):
+def test_auto_takes_the_largest_pass_that_fits(free_gib, checkpointing, backend, rows):
     got, why = memory.choose_rows_per_pass("auto", llama_8b(), 8, 2, 2048, checkpointing,
-                                           free_bytes=free_gib * GIB)
+                                           free_bytes=free_gib * GIB, backend=backend)
     assert got == rows, why
-    need = memory.pass_bytes(llama_8b(), rows * 2048, checkpointing) * memory.SAFETY
+    need = memory.pass_bytes(llama_8b(), rows * 2048, checkpointing, backend) * memory.SAFETY
     if rows > 2:
         assert need < free_gib * GIB and f"{rows} rows" in why
     if rows < 8:
-        bigger = memory.pass_bytes(llama_8b(), 2 * rows * 2048, checkpointing) * memory.SAFETY
+        bigger = memory.pass_bytes(llama_8b(), 2 * rows * 2048, checkpointing, backend) * memory.SAFETY
         assert bigger >= free_gib * GIB  # the next divisor up would not have fit
 
 

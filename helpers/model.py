@@ -81,6 +81,7 @@ def load_arguments(*, model_name: str, max_seq_length: int, dtype, load_in_4bit:
     import time
 
     from helpers.machinery.memory import apply_gpu_cap
+    from helpers.machinery.packed_attention import route_packed_attention
 
     started = time.perf_counter()
     apply_gpu_cap()
@@ -104,6 +105,12 @@ def load_arguments(*, model_name: str, max_seq_length: int, dtype, load_in_4bit:
     attn = choose_attention(asked_attention)
     gpu = torch.cuda.is_available()
     differences = []
+    if backend == "unsloth" and route_packed_attention():
+        differences.append(("attention over packed rows (packing=True)",
+                            "unsloth on this torch: one SDPA call per run of equal example lengths",
+                            "torch's flash kernel over all examples, one call per layer",
+                            "the same attention, several times faster on the GPU (docs/benchmarks.md); "
+                            "WORKBOOK_PACKED_VARLEN=0 turns it off"))
     four_bit = bool(load_in_4bit)
     stored_4bit = is_prequantized(source)
     if stored_4bit and not four_bit:

@@ -1,0 +1,128 @@
+"""Packed rows through torch's flash varlen kernel (helpers/machinery/packed_attention.py) attend as
+unsloth's per-segment path does: each example only to itself, causally. Checked at unsloth's own call
+site against float32 attention one example at a time, and through a packed training run on the tiny
+model with the route on and off. GPU only: the kernel is CUDA's."""
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+LENGTHS = (37, 5, 120, 64, 64, 200, 1, 17, 3, 100)  # runs of equal lengths and unequal ones, as packing gives
+
+
+def attention_inputs(heads=8, kv_heads=2, head_dim=64, seed=0):
+    import torch
+
+    total = sum(LENGTHS)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(1, h, total, head_dim, device="cuda", dtype=torch.bfloat16, generator=g,
+                           requires_grad=True) for h in (heads, kv_heads, kv_heads))
+    grad = torch.randn(1, total, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
+    return q, k, v, grad
+
+
+def seq_info(lengths):
+    """unsloth's packed metadata: (lengths, cu_seqlens, longest) on the GPU."""
+    import torch
+
+    lengths_t = torch.tensor(lengths, device="cuda", dtype=torch.int32)
+    cu = torch.zeros(len(lengths) + 1, device="cuda", dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths_t, 0)
+    return lengths_t, cu, max(lengths)
+
+
+def output_and_grads(fn, q, k, v, grad):
+    for t in (q, k, v):
+        t.grad = None
+    out = fn()
+    out.backward(grad.to(out.dtype))
+    return [out.detach().float()] + [t.grad.float().clone() for t in (q, k, v)]
+
+
+def reference(q, k, v):
+    """float32, one example at a time, KV heads repeated: what packed attention means."""
+    import torch
+
+    groups, outs, start = q.shape[1] // k.shape[1], [], 0
+    for n in LENGTHS:
+        qs, ks, vs = (x[:, :, start:start + n].float() for x in (q, k, v))
+        ks, vs = (x.repeat_interleave(groups, dim=1) for x in (ks, vs))
+        outs.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True))
+        start += n
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def largest_differences(a, b):
+    """Output: largest absolute difference; gradients: relative to the largest reference gradient."""
+    return [float((x - y).abs().max() / (1 if i == 0 else y.abs().max())) for i, (x, y) in enumerate(zip(a, b))]
+
+
+def test_routed_kernel_attends_within_each_example_as_unsloth_does():
+    import unsloth  # noqa: F401
+    from unsloth.utils import attention_dispatch as ad
+
+    from helpers.machinery.packed_attention import route_packed_attention
+
+    assert route_packed_attention() or ad._TORCH_VARLEN_ATTN is not None
+    q, k, v, grad = attention_inputs()
+    groups = q.shape[1] // k.shape[1]
+    # unsloth's dispatcher sends these rows to the routed kernel (it would fall back per segment otherwise)
+    assert ad._torch_varlen_takes(q, k, v, {}, True, None)
+    assert ad._torch_varlen_beats_segments(q, k, LENGTHS, groups, True)
+
+    def routed(info):
+        return lambda: ad._torch_varlen_packed(q, k, v, info, n_groups=groups, is_causal=True,
+                                               sliding_window=None, scale=None)
+
+    segments = lambda: ad._sdpa_packed_segments(q, k, v, LENGTHS, n_groups=groups, is_causal=True,  # noqa: E731
+                                                sliding_window=None, sdpa_kwargs={}, training=True)
+    ref = output_and_grads(lambda: reference(q, k, v), q, k, v, grad)
+    ours = largest_differences(output_and_grads(routed(seq_info(LENGTHS)), q, k, v, grad), ref)
+    theirs = largest_differences(output_and_grads(segments, q, k, v, grad), ref)
+    print(f"against float32: routed {ours}, unsloth per segment {theirs}")
+    for mine, base in zip(ours, theirs):
+        assert mine <= 2 * base + 1e-3, (ours, theirs)
+    # the control: the same kernel told the row is one example attends across examples, and that shows
+    leaked = largest_differences(output_and_grads(routed(seq_info((sum(LENGTHS),))), q, k, v, grad), ref)
+    assert min(leaked) > 10 * max(max(theirs), 1e-3), leaked
+
+
+def test_packed_training_takes_the_route_and_trains_as_without_it(tiny_params):
+    from pathlib import Path
+
+    from datasets import Dataset
+    from unsloth.utils import attention_dispatch as ad
+
+    from helpers import lora, model as models, trainer as trainers
+
+    params = {**tiny_params, "packing": True, "max_steps": 4, "per_device_train_batch_size": 4,
+              "gradient_accumulation_steps": 1}
+    data = Dataset.from_dict({"input_ids": [[5 + (i * 7 + j) % 400 for j in range(8 + (i * 13) % 50)]
+                                            for i in range(200)]})
+
+    def train(route: bool):
+        m, tok, info = models.load(params)
+        assert any(d[0].startswith("attention over packed rows") for d in info.differences)
+        routed, calls = ad._TORCH_VARLEN_ATTN, []
+        assert routed is not None and getattr(routed, "from_workbook", False)
+
+        def counted(*a, **kw):
+            calls.append(a[0].shape[0])
+            return routed(*a, **kw)
+
+        ad._TORCH_VARLEN_ATTN = counted if route else None
+        try:
+            m, _ = lora.add_lora(m, params, info.backend)
+            kwargs, _ = trainers.training_config(params, Path(params["run_dir"]), m.config)
+            kwargs.update(save_strategy="no", disable_tqdm=True, report_to="none")
+            t = trainers.build(m, tok, data, kwargs)
+            t.train()
+        finally:
+            ad._TORCH_VARLEN_ATTN = routed
+        return [h["loss"] for h in t.state.log_history if "loss" in h], calls
+
+    losses_on, calls_on = train(route=True)
+    losses_off, calls_off = train(route=False)
+    assert calls_on and not calls_off  # packed passes went through the routed kernel, and only when on
+    relative = max(abs(a - b) / abs(b) for a, b in zip(losses_on, losses_off))
+    print(f"routed {losses_on}, per segment {losses_off}: {relative:.2e}; {len(calls_on)} kernel calls")
+    assert len(losses_on) == len(losses_off) == 4 and relative < 2e-2

@@ -2,7 +2,8 @@
 transformers + peft + bitsandbytes, side by side on one card.
 
     python bench/gpu_training.py [--size 8b|small] [--steps 12] [--scenario seed oig] [--stacks ...]
-                                 [--profile STACK SCENARIO] [--equal-tokens-steps 48] [--json FILE]
+                                 [--profile STACK SCENARIO] [--fast-set NAME VALUE] [--json FILE]
+                                 [--equal-tokens-steps 48 [--equal-tokens-learning-rates LR ...]]
     make bench
 
 Makes a random-weight checkpoint of the Llama-3.1-8B shape saved *pre-quantized* (nf4, as the post's
@@ -17,14 +18,15 @@ Scenarios:
 - oig:  rows of the OIG-format file, tokenized as step 3 does with dataset_format text (the text, then
         EOS; cut at 2,048), in a fixed random order: about 195 tokens a row.
 Stacks: the workbook with the post's settings and with `rows_per_pass`, checkpointing auto and the fast
-config (configs/llama31-8b-oig-fast.yaml's differences from the post's), raw unsloth as its notebooks
+config (configs/llama31-8b-oig-fast.yaml's differences from the post's; also without the workbook's
+packed-row attention route, WORKBOOK_PACKED_VARLEN=0), raw unsloth as its notebooks
 write it, and HF + peft + bnb. Figures: median step time after the warm-up steps (torch.cuda.synchronize
 around each step), tokens/s over the measured steps (real tokens, padding left out), peak
 torch.cuda.max_memory_reserved(), the per-step losses and, on oig, the held-out loss of 64 other rows.
 Printed: each scenario's table with ratios to the post's settings and to raw unsloth on full rows; the
 post's settings against `rows_per_pass 8` on the same rows (largest per-step loss difference, the
 adapters' gap); with `--equal-tokens-steps N`, the held-out loss of the post's settings after N steps
-and of the fast config after as many tokens; with `--profile STACK SCENARIO`, where one step's time goes.
+and of the fast config after as many tokens (`--equal-tokens-learning-rates`: at each of these); with `--profile STACK SCENARIO`, where one step's time goes.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # helpers, fixtures and bench.step_profile, run from anywhere
 SIZES = ("8b", "small")  # the post's model's shape (fixtures.synthetic.LLAMA31_8B), and a small one for a quick check
 SMALL = dict(hidden_size=1024, num_hidden_layers=8, intermediate_size=3584, num_attention_heads=16,
              num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -47,17 +50,24 @@ SEED = dict(lora_r=16, lora_alpha=32, per_device_train_batch_size=2, gradient_ac
             learning_rate=5e-5, weight_decay=0.01, optim="adamw_8bit", lr_scheduler_type="linear", seed=3407,
             max_seq_length=2048)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-def fast_config() -> dict:
-    """What configs/llama31-8b-oig-fast.yaml changes from the post's configs/llama31-8b-oig.yaml."""
+def fast_config(changes=()) -> dict:
+    """What configs/llama31-8b-oig-fast.yaml changes from the post's configs/llama31-8b-oig.yaml, with
+    `changes` ((name, YAML value) pairs from --fast-set) on top."""
+    import yaml
+
     from helpers.params import load_config
 
     post, fast = (load_config(REPO / "configs" / f"{n}.yaml") for n in ("llama31-8b-oig", "llama31-8b-oig-fast"))
-    return {k: v for k, v in fast.items() if post.get(k) != v}
+    unknown = [k for k, _ in changes if k not in fast]
+    if unknown:
+        sys.exit(f"--fast-set: {', '.join(unknown)} is not a parameter of configs/llama31-8b-oig-fast.yaml")
+    return {**{k: v for k, v in fast.items() if post.get(k) != v}, **{k: yaml.safe_load(v) for k, v in changes}}
 
 
 POST = "workbook, the post's settings"
 RPP8 = "workbook, rows_per_pass 8"
 FAST = "workbook, fast config"
+FAST_SEGMENTS = "workbook, fast config, unsloth's per-segment attention"
 RAW = "raw unsloth"
 HF = "HF + peft + bnb nf4 + TRL"
 # workbook stack -> (scenarios, parameters over the post's); the others are written out by hand
@@ -69,7 +79,9 @@ WORKBOOK = {
     "workbook, checkpointing auto + rows_per_pass auto": (("seed",), {"use_gradient_checkpointing": "auto",
                                                                        "rows_per_pass": "auto"}),
     FAST: (("oig",), None),  # fast_config(), read when it runs
+    FAST_SEGMENTS: (("oig",), None),  # the same without helpers.machinery.packed_attention's route
 }
+STACK_ENV = {FAST_SEGMENTS: {"WORKBOOK_PACKED_VARLEN": "0"}}
 STACKS = {**{k: v[0] for k, v in WORKBOOK.items()}, RAW: ("seed", "oig"), HF: ("seed",)}
 HELD_OUT = 64
 
@@ -188,7 +200,7 @@ def lora_weights(m) -> dict:
 
 
 def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup: int, profile: bool,
-          tokens: int | None, out_dir: Path) -> dict:
+          tokens: int | None, out_dir: Path, fast_set=()) -> dict:
     """Train `steps` steps (or until `tokens` tokens) of one stack and return its figures."""
     import torch
 
@@ -199,7 +211,7 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
 
     note = ""
     if stack in WORKBOOK:
-        overrides = WORKBOOK[stack][1] if WORKBOOK[stack][1] is not None else fast_config()
+        overrides = WORKBOOK[stack][1] if WORKBOOK[stack][1] is not None else fast_config(fast_set)
         m, tok, kwargs, differences = build_workbook(ckpt, steps, overrides)
         note = "; ".join(f"{d[0]}={d[2]} ({d[3]})" for d in differences)
     elif stack == RAW:
@@ -232,8 +244,9 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
     if profile:
         from bench.step_profile import profiled_step
 
-        kwargs["max_steps"] = steps + 1  # the profiled step comes after the measured ones
-        callbacks.append(profiled_step(steps + 1, found))
+        # the last step is profiled and left out of the timing; the run (schedule, rows, held-out loss)
+        # stays the one an unprofiled run trains
+        callbacks.append(profiled_step(steps, found))
     train = Dataset.from_dict({"input_ids": rows})
     if stack in WORKBOOK:
         t = trainers.build(m, tok, train, kwargs, callbacks=callbacks)
@@ -245,7 +258,8 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
     count = TokenCount(t)
     torch.cuda.reset_peak_memory_stats()
     t.train()
-    measured = slice(warmup, steps) if len(times) > warmup else slice(0, steps)  # a run cut short by `tokens`
+    timed_steps = steps - 1 if profile else steps
+    measured = slice(warmup, timed_steps) if len(times) > warmup else slice(0, timed_steps)  # or cut short by `tokens`
     result = {"stack": stack, "scenario": scenario, "steps": len(times[:steps]), "note": note,
               "rows_a_pass": kwargs["per_device_train_batch_size"], "passes_a_step": kwargs["gradient_accumulation_steps"],
               "median_step_s": statistics.median(times[measured]),
@@ -305,11 +319,13 @@ def comparisons(results: list[dict], out_dir: Path) -> dict:
         found["same_rows"] = {"steps": len(diffs), "largest_loss_difference": max(diffs),
                               "adapter_gap": adapter_gap(out_dir, post, rpp),
                               "speedup": rpp["tokens_per_s"] / post["tokens_per_s"]}
-    post, fast = by.get((RPP8, "oig", True)), by.get((FAST, "oig", True))
+    post = by.get((RPP8, "oig", True))
+    fast = [r for r in results if r["stack"] == FAST and r.get("equal_tokens")]
     if post and fast:
-        found["equal_tokens"] = {"post_steps": post["steps"], "post_tokens": post["train_tokens"],
-                                 "post_held_out_loss": post["held_out_loss"], "fast_steps": fast["steps"],
-                                 "fast_tokens": fast["train_tokens"], "fast_held_out_loss": fast["held_out_loss"]}
+        found["equal_tokens"] = [{"post_steps": post["steps"], "post_tokens": post["train_tokens"],
+                                  "post_held_out_loss": post["held_out_loss"], "fast_steps": r["steps"],
+                                  "fast_tokens": r["train_tokens"], "fast_held_out_loss": r["held_out_loss"],
+                                  "fast_learning_rate": r.get("learning_rate")} for r in fast]
     return found
 
 
@@ -318,16 +334,18 @@ def save(args, results: list[dict], extra: dict) -> None:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"size": args.size, "steps": args.steps, "warmup": args.warmup,
-                                     "gpu": torch.cuda.get_device_name(0), "results": results, **extra},
+                                     "fast_set": args.fast_set, "gpu": torch.cuda.get_device_name(0), "results": results, **extra},
                                     indent=2) + "\n")
 
 
 def run_child(args, stack: str, scenario: str, *extra: str) -> dict | None:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--size", args.size, "--steps", str(args.steps),
-                          "--warmup", str(args.warmup), "--work", str(args.work), "--child", stack, scenario, *extra],
+                          "--warmup", str(args.warmup), "--work", str(args.work), "--child", stack, scenario, *extra,
+                          *(a for pair in args.fast_set for a in ("--fast-set", *pair))],
                          capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"})
+                         env={**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}",
+                              **STACK_ENV.get(stack, {})})
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not lines:
         print(f"{scenario} / {stack}: FAILED\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}", flush=True)
@@ -347,15 +365,20 @@ def main() -> None:
     ap.add_argument("--scenario", nargs="+", choices=["seed", "oig"], default=["seed", "oig"])
     ap.add_argument("--stacks", nargs="+", choices=sorted(STACKS), default=[s for s in STACKS if s != HF])
     ap.add_argument("--profile", nargs=2, action="append", default=[], metavar=("STACK", "SCENARIO"),
-                    help="also profile one step of this stack (after its measured steps)")
+                    help="also profile this stack's last step (left out of its timing)")
     ap.add_argument("--equal-tokens-steps", type=int, default=0,
                     help="held-out loss of the post's settings after N steps, and of the fast config after as many tokens")
+    ap.add_argument("--equal-tokens-learning-rates", nargs="+", type=float, default=[], metavar="LR",
+                    help="with --equal-tokens-steps: the fast config's run once at each of these learning rates")
+    ap.add_argument("--fast-set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="change a parameter of the fast config's stacks (e.g. learning_rate 1.6e-4)")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "gpu_training.json")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-checkpoints"))
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--child-profile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    fast_config(args.fast_set)  # a misspelt --fast-set stops here, before the fixture is made
 
     import torch
 
@@ -366,7 +389,7 @@ def main() -> None:
     adapters = args.work / "adapters"
     if args.child:
         print("RESULT " + json.dumps(child(args.child[0], args.child[1], ckpt, data, args.steps, args.warmup,
-                                           args.child_profile, args.child_tokens, adapters)))
+                                           args.child_profile, args.child_tokens, adapters, args.fast_set)))
         return
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
@@ -390,15 +413,21 @@ def main() -> None:
         longer = argparse.Namespace(**{**vars(args), "steps": args.equal_tokens_steps})
         base = run_child(longer, RPP8, "oig")  # the post's results (same rows, same loss), in less time
         if base:
-            fast = run_child(longer, FAST, "oig", "--child-tokens", str(base["train_tokens"]))
-            for r in (base, fast):
-                if r:
-                    results.append({**r, "equal_tokens": True})
+            results.append({**base, "equal_tokens": True})
+            # a step of the fast config carries ~10x the post's rows, so as many tokens are fewer updates:
+            # the learning rates to try for that (the config's own, when none is given)
+            for lr in args.equal_tokens_learning_rates or [None]:
+                at = longer if lr is None else argparse.Namespace(
+                    **{**vars(longer), "fast_set": [*longer.fast_set, ("learning_rate", str(lr))]})
+                fast = run_child(at, FAST, "oig", "--child-tokens", str(base["train_tokens"]))
+                if fast:
+                    results.append({**fast, "equal_tokens": True, "learning_rate": lr})
     extra = comparisons(results, adapters)
     save(args, results, extra)
     full = next((r for r in results if r["stack"] == RAW and r["scenario"] == "seed"), None)
     print(f"\nGPU: {torch.cuda.get_device_name(0)}; shape {args.size}, stored in 4-bit; {args.steps} steps, median "
-          f"after {args.warmup} warm-up; post's settings: batch 2 x accum 4, LoRA r16/a32 on 7 projections, adamw_8bit")
+          f"after {args.warmup} warm-up; post's settings: batch 2 x accum 4, LoRA r16/a32 on 7 projections, adamw_8bit"
+          + "".join(f"; fast config with {k}={v}" for k, v in args.fast_set))
     for scenario in args.scenario:
         print(f"\n{scenario}:\n" + table(results, scenario, full))
     if "same_rows" in extra:
@@ -406,11 +435,11 @@ def main() -> None:
         print(f"\nthe post's settings vs rows_per_pass 8, the same rows in the same order, {e['steps']} steps: "
               f"largest per-step loss difference {e['largest_loss_difference']:.2e} (relative), adapter gap "
               f"{e['adapter_gap']:.2e}; {e['speedup']:.2f}x the tokens/s")
-    if "equal_tokens" in extra:
-        e = extra["equal_tokens"]
+    for e in extra.get("equal_tokens", []):
+        lr = "" if e["fast_learning_rate"] is None else f" at learning_rate {e['fast_learning_rate']}"
         print(f"held-out loss after the same tokens: the post's settings {e['post_held_out_loss']:.4f} "
-              f"({e['post_steps']} steps, {e['post_tokens']:,} tokens), the fast config {e['fast_held_out_loss']:.4f} "
-              f"({e['fast_steps']} steps, {e['fast_tokens']:,} tokens)")
+              f"({e['post_steps']} steps, {e['post_tokens']:,} tokens), the fast config{lr} "
+              f"{e['fast_held_out_loss']:.4f} ({e['fast_steps']} steps, {e['fast_tokens']:,} tokens)")
     for r in results:
         if "profile" in r:
             from bench.step_profile import table as profile_table

@@ -68,6 +68,23 @@ def tiny_prequantized_dir(tmp_path_factory) -> Path:
                               num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=False)
 
 
+@pytest.fixture(scope="session")
+def training_config(bundled_dir):
+    """Writes a config for the training commands' tests (`tools.train`, `tools.run`): the bundled model on
+    short rows, about a second a step on a CPU, with `changes` on top; returns its path."""
+    import yaml
+
+    base = dict(model_name="bundled:SmolLM2-135M-Instruct", max_seq_length=64, on_long_rows="drop", max_rows=60,
+                eval_fraction=0.1, per_device_train_batch_size=2, gradient_accumulation_steps=1, warmup_steps=1,
+                max_steps=8, learning_rate=0.001, save_steps=2, save_total_limit=2, logging_steps=1)
+
+    def write(path: Path, **changes) -> Path:
+        path.write_text(yaml.safe_dump({**base, **changes}, sort_keys=False))
+        return path
+
+    return write
+
+
 @pytest.fixture
 def tiny_params(tiny_model_dir, tmp_path):
     from helpers.params import DEFAULTS

@@ -14,28 +14,10 @@ from helpers.machinery import checkpoints
 REPO = checkpoints.rundir.REPO_ROOT
 pytestmark = pytest.mark.slow
 
-# The bundled model on short rows: slow enough (about a second a step) to be killed mid-run.
-CONFIG = """model_name: bundled:SmolLM2-135M-Instruct
-max_seq_length: 64
-on_long_rows: drop
-max_rows: 60
-eval_fraction: 0.1
-per_device_train_batch_size: 2
-gradient_accumulation_steps: 1
-warmup_steps: 1
-max_steps: 8
-learning_rate: 0.001
-save_steps: 2
-save_total_limit: 2
-logging_steps: 1
-"""
-
 
 @pytest.fixture
-def config(tmp_path, bundled_dir):
-    path = tmp_path / "crash.yaml"
-    path.write_text(CONFIG)
-    return path
+def config(tmp_path, training_config):
+    return training_config(tmp_path / "crash.yaml")  # slow enough (about a second a step) to be killed mid-run
 
 
 def train_cmd(config, run_dir):

@@ -42,9 +42,12 @@ def main(argv=None) -> int:
     except P.ParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()  # one process, or one per GPU under accelerate launch
+    # one process, or one per GPU under accelerate launch; without a GPU, one per CPU process (gloo),
+    # where PartialState() alone would make each process a main process of its own
+    state = PartialState(cpu=not torch.cuda.is_available())
     run_dir = Path(merged["run_dir"])
     if state.is_main_process:
         rundir.write_json(run_dir / "params.json", merged)
@@ -53,6 +56,7 @@ def main(argv=None) -> int:
             storage.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]), merged)
     state.wait_for_everyone()
     session = Session(merged)
+    rows = RowsTrained(session.trainer)
     try:
         stats = run(session.trainer, merged)
     except checkpoints.TrainingInterrupted as e:
@@ -61,14 +65,91 @@ def main(argv=None) -> int:
     tokens = _sum_over_processes(stats["train_tokens"])
     steady = _sum_over_processes(stats["tokens_per_s_steady"])  # every process trains its own rows
     stats.update(world_size=state.num_processes, train_tokens=tokens, tokens_per_s_steady=steady,
-                 tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan)
+                 tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan,
+                 peak_memory_gib_per_process=_gathered(stats["peak_memory_gib"]))  # one card each
+    by_process = _gathered(rows.trained)
     if state.is_main_process:
+        rows.save(run_dir, by_process)
         save_adapter(session.model, session.tokenizer, run_dir)
         save_log_history(session.trainer, run_dir)
         rundir.update_metrics(run_dir, **stats)
         print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
               f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; {run_dir}")
     return 0
+
+
+class RowsTrained:
+    """Which rows of data/train.arrow each process trained on, written to rows_trained.json: under
+    data parallelism every process must train rows of its own. Keys are taken where the data loader
+    collates a batch (on the CPU, no GPU sync; the trainer's loaders have no worker processes) and kept when training_step takes that batch, so the
+    batch a loader fetches ahead is not counted. Counts from this process's start (a resumed run's
+    earlier rows are in its checkpoint, not here); with packing, a key is a packed row."""
+
+    def __init__(self, trainer):
+        self.fetched, self.trained = [], []
+        step = trainer.training_step
+
+        def stepped(*args, **kwargs):
+            if self.fetched:
+                self.trained.extend(self.fetched.pop(0))
+            return step(*args, **kwargs)
+
+        trainer.data_collator, trainer.training_step = _KeyedCollator(trainer.data_collator, self.fetched), stepped
+
+    @staticmethod
+    def save(run_dir: Path, by_process: list[list[int]]) -> None:
+        from helpers.machinery.storage import load_split
+
+        wanted, index, start = {k for keys in by_process for k in keys}, {}, 0
+        train, _ = load_split(run_dir)
+        for batch in train.select_columns(["input_ids"]).iter(batch_size=4096):  # 210k rows: not all at once
+            for i, ids in enumerate(batch["input_ids"], start):
+                key = row_key(ids)
+                if key in wanted:
+                    index.setdefault(key, i)
+            start += len(batch["input_ids"])
+            if len(index) == len(wanted):
+                break
+        rows = [[index.get(k, -1) for k in keys] for keys in by_process]
+        rundir.write_json(run_dir / "rows_trained.json", {
+            "processes": len(rows), "rows": rows,
+            "note": "indices into data/train.arrow that each process trained on, in order (-1: a packed row)"})
+
+
+class _KeyedCollator:
+    """The trainer's collator, noting each batch's row keys; its attributes (padding_free, ...) read through."""
+
+    def __init__(self, inner, sink: list):
+        self.inner, self.sink = inner, sink
+
+    def __call__(self, features):
+        self.sink.append([row_key(f["input_ids"]) for f in features])
+        return self.inner(features)
+
+    def __getattr__(self, name):
+        if name in ("inner", "sink"):  # not set yet (copy, pickle)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def row_key(ids) -> int:
+    """The same key for the same token ids in every process (Python's hash() is salted per process)."""
+    import hashlib
+
+    import numpy as np
+
+    return int.from_bytes(hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest(), "little")
+
+
+def _gathered(value) -> list:
+    """Every process's `value`, in process order (collective: all processes call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def _sum_over_processes(value):

@@ -61,6 +61,7 @@ def main(argv=None) -> int:
         stats = run(session.trainer, merged)
     except checkpoints.TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
+        _leave_process_group()
         return 130
     tokens = _sum_over_processes(stats["train_tokens"])
     steady = _sum_over_processes(stats["tokens_per_s_steady"])  # every process trains its own rows
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
         rundir.update_metrics(run_dir, **stats)
         print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
               f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; {run_dir}")
+    state.wait_for_everyone()  # the others wait while the main process saves, then all leave together
+    _leave_process_group()
     return 0
 
 
@@ -139,6 +142,16 @@ def row_key(ids) -> int:
     import numpy as np
 
     return int.from_bytes(hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest(), "little")
+
+
+def _leave_process_group() -> None:
+    """A process that exits with its process group alive can abort at interpreter shutdown (gloo's
+    threads: "terminate called without an active exception", seen once in this project's two-process
+    CPU test; pytorch/pytorch#190489)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _gathered(value) -> list:

@@ -88,6 +88,7 @@ def main() -> None:
     import unsloth  # noqa: F401
     from unsloth.utils import attention_dispatch as ad
 
+    from fixtures.attention import largest_differences, output_and_grads, per_sample_attention
     from helpers.machinery.packed_attention import route_packed_attention
 
     own_route = ad._TORCH_VARLEN_ATTN is not None
@@ -120,15 +121,6 @@ def main() -> None:
         kf, vf = (x.repeat_interleave(HEADS // KV_HEADS, dim=1) for x in (kf, vf))
         return varlen(qf, kf, vf, cu, cu, max(lengths), max(lengths), window_size=(-1, 0)).unsqueeze(0)
 
-    def run_reference():  # float32, one segment at a time, K/V expanded: the definition
-        outs, start = [], 0
-        for n in lengths:
-            qs, ks, vs = (x[:, :, start:start + n].float() for x in (q, k, v))
-            ks, vs = (x.repeat_interleave(HEADS // KV_HEADS, dim=1) for x in (ks, vs))
-            outs.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True))
-            start += n
-        return torch.cat(outs, dim=2).transpose(1, 2)
-
     def run_causal():  # rows of 2,048 tokens, no segments
         rows = total // ROW
         qs, ks, vs = (x[0, :, :rows * ROW].unflatten(1, (rows, ROW)).transpose(0, 1) for x in (q, k, v))
@@ -145,30 +137,20 @@ def main() -> None:
             out.backward(grad if out.shape == grad.shape else torch.ones_like(out))
         results[name] = timed(step, args.repeat)
 
-    def outputs(fn):
-        for t in (q, k, v):
-            t.grad = None
-        out = fn()
-        out.backward(grad.to(out.dtype))
-        return out.detach().float(), [t.grad.float().clone() for t in (q, k, v)]
-
-    ref_out, ref_grads = outputs(run_reference)
-    diffs = {}
-    for name, fn in compared.items():
-        out, grads = outputs(fn)
-        diffs[name] = (float((out - ref_out).abs().max()),
-                       [float((g - r).abs().max() / r.abs().max()) for g, r in zip(grads, ref_grads)])
-    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}; {args.rows} packed rows, {total:,} tokens, "
-          f"{len(lengths)} segments (mean {total / len(lengths):.0f} tokens); unsloth's varlen route: "
-          f"{'on' if own_route else 'off'}; unsloth's dispatcher takes the routed kernel for these rows: "
-          f"{ad._torch_varlen_takes(q, k, v, {}, True, None) and ad._torch_varlen_beats_segments(q, k, tuple(lengths), HEADS // KV_HEADS, True)}")
+    ref = output_and_grads(lambda: per_sample_attention(q, k, v, lengths), q, k, v, grad)
+    diffs = {name: largest_differences(output_and_grads(fn, q, k, v, grad), ref) for name, fn in compared.items()}
+    takes = (ad._torch_varlen_takes(q, k, v, {}, True, None)
+             and ad._torch_varlen_beats_segments(q, k, tuple(lengths), HEADS // KV_HEADS, True))
+    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}; {args.rows} packed rows, {total:,} "
+          f"tokens, {len(lengths)} segments (mean {total / len(lengths):.0f} tokens); unsloth's varlen route: "
+          f"{'on' if own_route else 'off'}; unsloth's dispatcher takes the routed kernel for these rows: {takes}")
     print("\n| attention | forward + backward, one layer (ms) | x 32 layers (s) | vs unsloth |\n| --- | --- | --- | --- |")
     base = results["unsloth (per-segment SDPA)"]
     for name, s in results.items():
         print(f"| {name} | {s * 1e3:.2f} | {s * LAYERS:.3f} | {base / s:.1f}x |")
     print("\nagainst float32 attention one segment at a time: largest output difference; largest gradient "
           "difference of q, k, v relative to the largest gradient")
-    for name, (o, g) in diffs.items():
+    for name, (o, *g) in diffs.items():
         print(f"- {name}: output {o:.2e}; gradients " + ", ".join(f"{x:.2e}" for x in g))
 
 

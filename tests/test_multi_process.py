@@ -12,6 +12,7 @@ from helpers.machinery import rundir
 REPO = rundir.REPO_ROOT
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, training_config):
     folder = tmp_path_factory.mktemp("multi")

@@ -4,6 +4,8 @@ site against float32 attention one example at a time, and through a packed train
 model with the route on and off. GPU only: the kernel is CUDA's."""
 import pytest
 
+from fixtures.attention import largest_differences, output_and_grads, per_sample_attention
+
 pytestmark = pytest.mark.gpu
 
 LENGTHS = (37, 5, 120, 64, 64, 200, 1, 17, 3, 100)  # runs of equal lengths and unequal ones, as packing gives
@@ -30,32 +32,6 @@ def seq_info(lengths):
     return lengths_t, cu, max(lengths)
 
 
-def output_and_grads(fn, q, k, v, grad):
-    for t in (q, k, v):
-        t.grad = None
-    out = fn()
-    out.backward(grad.to(out.dtype))
-    return [out.detach().float()] + [t.grad.float().clone() for t in (q, k, v)]
-
-
-def reference(q, k, v):
-    """float32, one example at a time, KV heads repeated: what packed attention means."""
-    import torch
-
-    groups, outs, start = q.shape[1] // k.shape[1], [], 0
-    for n in LENGTHS:
-        qs, ks, vs = (x[:, :, start:start + n].float() for x in (q, k, v))
-        ks, vs = (x.repeat_interleave(groups, dim=1) for x in (ks, vs))
-        outs.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True))
-        start += n
-    return torch.cat(outs, dim=2).transpose(1, 2)
-
-
-def largest_differences(a, b):
-    """Output: largest absolute difference; gradients: relative to the largest reference gradient."""
-    return [float((x - y).abs().max() / (1 if i == 0 else y.abs().max())) for i, (x, y) in enumerate(zip(a, b))]
-
-
 def test_routed_kernel_attends_within_each_example_as_unsloth_does():
     import unsloth  # noqa: F401
     from unsloth.utils import attention_dispatch as ad
@@ -75,7 +51,7 @@ def test_routed_kernel_attends_within_each_example_as_unsloth_does():
 
     segments = lambda: ad._sdpa_packed_segments(q, k, v, LENGTHS, n_groups=groups, is_causal=True,  # noqa: E731
                                                 sliding_window=None, sdpa_kwargs={}, training=True)
-    ref = output_and_grads(lambda: reference(q, k, v), q, k, v, grad)
+    ref = output_and_grads(lambda: per_sample_attention(q, k, v, LENGTHS), q, k, v, grad)
     ours = largest_differences(output_and_grads(routed(seq_info(LENGTHS)), q, k, v, grad), ref)
     theirs = largest_differences(output_and_grads(segments, q, k, v, grad), ref)
     print(f"against float32: routed {ours}, unsloth per segment {theirs}")

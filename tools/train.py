@@ -63,8 +63,8 @@ def main(argv=None) -> int:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         _leave_process_group()
         return 130
-    tokens = _sum_over_processes(stats["train_tokens"])
-    steady = _sum_over_processes(stats["tokens_per_s_steady"])  # every process trains its own rows
+    tokens = sum(_gathered(stats["train_tokens"]))
+    steady = sum(_gathered(stats["tokens_per_s_steady"]))  # every process trains its own rows
     stats.update(world_size=state.num_processes, train_tokens=tokens, tokens_per_s_steady=steady,
                  tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan,
                  peak_memory_gib_per_process=_gathered(stats["peak_memory_gib"]))  # one card each
@@ -84,9 +84,10 @@ def main(argv=None) -> int:
 class RowsTrained:
     """Which rows of data/train.arrow each process trained on, written to rows_trained.json: under
     data parallelism every process must train rows of its own. Keys are taken where the data loader
-    collates a batch (on the CPU, no GPU sync; the trainer's loaders have no worker processes) and kept when training_step takes that batch, so the
-    batch a loader fetches ahead is not counted. Counts from this process's start (a resumed run's
-    earlier rows are in its checkpoint, not here); with packing, a key is a packed row."""
+    collates a batch (on the CPU, no GPU sync; the trainer's loaders have no worker processes) and kept
+    when training_step takes that batch, so the batch a loader fetches ahead is not counted. Counts from
+    this process's start (a resumed run's earlier rows are in its checkpoint, not here); with packing, a
+    key is a packed row."""
 
     def __init__(self, trainer):
         self.fetched, self.trained = [], []
@@ -163,18 +164,6 @@ def _gathered(value) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
-
-
-def _sum_over_processes(value):
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    total = torch.tensor([float(value)], device=device, dtype=torch.float64)
-    dist.all_reduce(total)
-    return type(value)(total.item())
 
 
 if __name__ == "__main__":

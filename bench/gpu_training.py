@@ -414,6 +414,7 @@ def main() -> None:
         base = run_child(longer, RPP8, "oig")  # the post's results (same rows, same loss), in less time
         if base:
             results.append({**base, "equal_tokens": True})
+            save(args, results, extra)
             # a step of the fast config carries ~10x the post's rows, so as many tokens are fewer updates:
             # the learning rates to try for that (the config's own, when none is given)
             for lr in args.equal_tokens_learning_rates or [None]:
@@ -422,6 +423,7 @@ def main() -> None:
                 fast = run_child(at, FAST, "oig", "--child-tokens", str(base["train_tokens"]))
                 if fast:
                     results.append({**fast, "equal_tokens": True, "learning_rate": lr})
+                    save(args, results, extra)
     extra = comparisons(results, adapters)
     save(args, results, extra)
     full = next((r for r in results if r["stack"] == RAW and r["scenario"] == "seed"), None)

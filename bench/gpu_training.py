@@ -26,7 +26,8 @@ torch.cuda.max_memory_reserved(), the per-step losses and, on oig, the held-out 
 Printed: each scenario's table with ratios to the post's settings and to raw unsloth on full rows; the
 post's settings against `rows_per_pass 8` on the same rows (largest per-step loss difference, the
 adapters' gap); with `--equal-tokens-steps N`, the held-out loss of the post's settings after N steps
-and of the fast config after as many tokens (`--equal-tokens-learning-rates`: at each of these); with `--profile STACK SCENARIO`, where one step's time goes.
+and of the fast config after as many tokens (`--equal-tokens-learning-rates`: at each of these); with
+`--profile STACK SCENARIO`, where one step's time goes.
 """
 from __future__ import annotations
 
@@ -334,7 +335,8 @@ def save(args, results: list[dict], extra: dict) -> None:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"size": args.size, "steps": args.steps, "warmup": args.warmup,
-                                     "fast_set": args.fast_set, "gpu": torch.cuda.get_device_name(0), "results": results, **extra},
+                                     "fast_set": args.fast_set, "gpu": torch.cuda.get_device_name(0),
+                                     "results": results, **extra},
                                     indent=2) + "\n")
 
 

@@ -12,8 +12,9 @@ One layer's attention (32 query heads, 8 KV heads, head size 128, bf16), forward
 - flash varlen, K/V expanded: that kernel with the KV heads repeated first (what GQA saves);
 - one causal row (no segments): the cost of full rows, the floor.
 Prints the median time per layer, times the 32 layers, and the largest difference of each from float32
-attention computed one segment at a time. The segment lengths come from packing the fixture's OIG rows (bench/gpu_training.py
-makes it) first-fit-decreasing as TRL's bfd does; without the fixture, from a fixed random draw.
+attention computed one segment at a time. The segment lengths come from packing the fixture's OIG rows
+(bench/gpu_training.py makes it) first-fit-decreasing as TRL's bfd does; without the fixture, from a
+fixed random draw.
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ def main() -> None:
     import unsloth  # noqa: F401
     from unsloth.utils import attention_dispatch as ad
 
-    from fixtures.attention import largest_differences, output_and_grads, per_sample_attention
+    from fixtures.attention import (attention_inputs, largest_differences, output_and_grads, per_sample_attention,
+                                    seq_info)
     from helpers.machinery.packed_attention import route_packed_attention
 
     own_route = ad._TORCH_VARLEN_ATTN is not None
@@ -98,22 +100,16 @@ def main() -> None:
 
     lengths = segment_lengths(args.work, args.rows)
     total = sum(lengths)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(1, HEADS, total, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-    k = torch.randn(1, KV_HEADS, total, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-    v = torch.randn(1, KV_HEADS, total, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-    grad = torch.randn(1, total, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=g)
-    cu = torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], device="cuda", dtype=torch.int32)
-
-    lengths_t = torch.tensor(lengths, device="cuda", dtype=torch.int32)
-    seq_info = (lengths_t, cu, max(lengths))
+    q, k, v, grad = attention_inputs(lengths, HEADS, KV_HEADS, HEAD_DIM)
+    info = seq_info(lengths)
+    cu = info[1]
 
     def run_unsloth():
         return ad._sdpa_packed_segments(q, k, v, tuple(lengths), n_groups=HEADS // KV_HEADS, is_causal=True,
                                         sliding_window=None, sdpa_kwargs={}, training=True)
 
     def run_varlen():  # unsloth's own varlen call site, with the routed kernel
-        return ad._torch_varlen_packed(q, k, v, seq_info, n_groups=HEADS // KV_HEADS, is_causal=True,
+        return ad._torch_varlen_packed(q, k, v, info, n_groups=HEADS // KV_HEADS, is_causal=True,
                                        sliding_window=None, scale=None)
 
     def run_varlen_expanded():  # K/V repeated to the 32 query heads first: no GQA inside the kernel

@@ -4,32 +4,11 @@ site against float32 attention one example at a time, and through a packed train
 model with the route on and off. GPU only: the kernel is CUDA's."""
 import pytest
 
-from fixtures.attention import largest_differences, output_and_grads, per_sample_attention
+from fixtures.attention import attention_inputs, largest_differences, output_and_grads, per_sample_attention, seq_info
 
 pytestmark = pytest.mark.gpu
 
 LENGTHS = (37, 5, 120, 64, 64, 200, 1, 17, 3, 100)  # runs of equal lengths and unequal ones, as packing gives
-
-
-def attention_inputs(heads=8, kv_heads=2, head_dim=64, seed=0):
-    import torch
-
-    total = sum(LENGTHS)
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    q, k, v = (torch.randn(1, h, total, head_dim, device="cuda", dtype=torch.bfloat16, generator=g,
-                           requires_grad=True) for h in (heads, kv_heads, kv_heads))
-    grad = torch.randn(1, total, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g)
-    return q, k, v, grad
-
-
-def seq_info(lengths):
-    """unsloth's packed metadata: (lengths, cu_seqlens, longest) on the GPU."""
-    import torch
-
-    lengths_t = torch.tensor(lengths, device="cuda", dtype=torch.int32)
-    cu = torch.zeros(len(lengths) + 1, device="cuda", dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths_t, 0)
-    return lengths_t, cu, max(lengths)
 
 
 def test_routed_kernel_attends_within_each_example_as_unsloth_does():
@@ -39,7 +18,7 @@ def test_routed_kernel_attends_within_each_example_as_unsloth_does():
     from helpers.machinery.packed_attention import route_packed_attention
 
     assert route_packed_attention() or ad._TORCH_VARLEN_ATTN is not None
-    q, k, v, grad = attention_inputs()
+    q, k, v, grad = attention_inputs(LENGTHS, heads=8, kv_heads=2, head_dim=64)
     groups = q.shape[1] // k.shape[1]
     # unsloth's dispatcher sends these rows to the routed kernel (it would fall back per segment otherwise)
     assert ad._torch_varlen_takes(q, k, v, {}, True, None)

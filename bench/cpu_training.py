@@ -28,22 +28,21 @@ VARIANTS = {
 
 
 def one(name: str, steps: int) -> dict:
-    """Runs in a child process: build the workbook's trainer, apply the variant, time each step."""
+    """Runs in a child process: the workbook's trainer (notebooks 01-04 run, 02's LoRA loaded as 05 loads it),
+    the variant's settings over 04's SFTConfig, each step timed."""
     import tempfile
 
     from transformers import TrainerCallback
 
-    from helpers import data, lora, model, params, trainer
+    from fixtures import training
+    from helpers.data import split
+    from tools import cells
 
-    p = {**params.DEFAULTS, "max_steps": steps, "run_dir": tempfile.mkdtemp()}
-    m, tok, info = model.load(p)
-    m, _ = lora.add_lora(m, p, info.backend)
-    prepared = data.prepare(tok, **params.pick({**p, "dataset": str(REPO / "data" / "pip_chip2.jsonl")}, data.prepare))
-    from datasets import Dataset
-
-    rows = Dataset.from_dict({"input_ids": [list(r["input_ids"]) for r in prepared.rows]})
-    kwargs, _ = trainer.training_config(p, Path(p["run_dir"]))
-    kwargs.update(VARIANTS[name])
+    values = {"max_steps": steps, "run_dir": tempfile.mkdtemp()}
+    training.prepared(values)
+    cells.run("03", values)
+    m, tok, _ = training.lora_model(values["run_dir"])
+    rows = split.for_training(split.load(values["run_dir"])[0], None)
     times = []
 
     class Clock(TrainerCallback):
@@ -53,7 +52,7 @@ def one(name: str, steps: int) -> dict:
         def on_step_end(self, *args, **kw):
             times.append(time.perf_counter() - self.start)
 
-    t = trainer.build(m, tok, rows, kwargs, callbacks=[Clock()])
+    t = training.trainer(values["run_dir"], m, tok, rows, callbacks=[Clock()], **VARIANTS[name])
     t.train()
     tokens = max(e.get("num_tokens", 0) for e in t.state.log_history)
     median = statistics.median(times[1:])

@@ -3,7 +3,7 @@
     python bench/data_step.py [--rows 210289] [--baseline REV] [--json FILE]
 
 Makes the file once (fixtures.synthetic.oig_file, in /tmp), then runs `python -m tools.run
-configs/llama31-8b-oig.yaml --only 03` with the bundled model's tokenizer (the post's model needs the hub)
+configs/llama31-8b-oig.yaml --only 01 --only 03` with the bundled model (the post's model needs the hub)
 and the file, for the post's data handling (`dataset_format: text`, the raw text field) and for the
 chat-template path (`auto`: each `<human>:`/`<bot>:` row rendered with the tokenizer's template).
 Reports the whole runner's time (process and kernel start, imports, checks) and the notebook's own, and the peak memory of the processes it
@@ -30,7 +30,7 @@ def measure(repo: Path, data: Path, fmt: str) -> dict:
     """One run of notebook 03 in a child process: wall time and the peak RSS of its descendants."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-03-"))
     cmd = [sys.executable, "-m", "tools.run", "configs/llama31-8b-oig.yaml", "--run-dir", str(run_dir),
-           "--only", "03", "-p", "model_name", "bundled:SmolLM2-135M-Instruct", "-p", "dataset", str(data),
+           "--only", "01", "--only", "03", "-p", "model_name", "bundled:SmolLM2-135M-Instruct", "-p", "dataset", str(data),
            "-p", "dataset_format", fmt]
     start = time.perf_counter()
     # a parent of its own per run: its RUSAGE_CHILDREN peak is this run's largest process (the kernel)

@@ -42,13 +42,12 @@ SHAPES = {
 def main() -> int:
     import torch
 
-    from helpers.machinery import gguf_export
-    from fixtures import gguf_read_back
-    from fixtures import synthetic
+    from fixtures import gguf_read_back, synthetic
+    from helpers.export import gguf_write
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SHAPES), default="8b")
-    ap.add_argument("--outtype", choices=gguf_export.OUTTYPES, default="q8_0")
+    ap.add_argument("--outtype", choices=gguf_write.OUTTYPES, default="q8_0")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gguf-bench"))
     ap.add_argument("--merged", type=Path, help="a merged model folder to export instead of a random one")
     ap.add_argument("--json", type=Path)
@@ -67,7 +66,7 @@ def main() -> int:
     figures["merged_gb"] = sum(p.stat().st_size for p in merged.glob("*.safetensors")) / 1e9
     torch.cuda.empty_cache()
 
-    written = gguf_export.write(merged, work / "model.gguf", args.outtype)
+    written = gguf_write.write(merged, work / "model.gguf", args.outtype)
     figures.update(export_s=written.seconds, gguf_gb=written.size_mb / 1e3, tensors=written.tensors,
                    tensor_types=written.facts["tensors"], converted_on=written.facts["converted on"], parts=written.parts)
 

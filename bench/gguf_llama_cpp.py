@@ -33,25 +33,25 @@ def newest_run() -> Path:
 
 
 def main() -> int:
-    from helpers import export
-    from helpers.machinery import gguf_export, llama_cpp_check
+    from fixtures import llama_cpp_tools as llama_cpp_check
+    from helpers.export import gguf_export, gguf_write
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path)
-    ap.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"], choices=gguf_export.OUTTYPES)
+    ap.add_argument("--types", nargs="+", default=["f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"], choices=gguf_write.OUTTYPES)
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not llama_cpp_check.available():
         sys.exit(f"llama.cpp's Python binding is not installed: {llama_cpp_check.INSTALL}")
     run = (args.run or newest_run()).resolve()
-    texts = export.held_out_texts(run, args.rows)
+    texts = gguf_export.held_out_texts(run, args.rows)
     rows, against = [], []
     f32 = None
     if any(t in llama_cpp_check.FILE_TYPES for t in args.types):  # what llama.cpp's own quantizer starts from
-        f32 = gguf_export.write(run / "merged", run / "bench-source-f32.gguf", "f32").path
+        f32 = gguf_write.write(run / "merged", run / "bench-source-f32.gguf", "f32").path
     for outtype in args.types:
-        written = gguf_export.write(run / "merged", run / f"bench-{outtype}.gguf", outtype)
+        written = gguf_write.write(run / "merged", run / f"bench-{outtype}.gguf", outtype)
         start = time.perf_counter()
         llama_cpp_check.open_gguf(written.path).close()
         load_s = time.perf_counter() - start

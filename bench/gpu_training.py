@@ -51,18 +51,24 @@ SEED = dict(lora_r=16, lora_alpha=32, per_device_train_batch_size=2, gradient_ac
             learning_rate=5e-5, weight_decay=0.01, optim="adamw_8bit", lr_scheduler_type="linear", seed=3407,
             max_seq_length=2048)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-def fast_config(changes=()) -> dict:
+def fast_config(changes=(), flag: str = "--fast-set") -> dict:
     """What configs/llama31-8b-oig-fast.yaml changes from the post's configs/llama31-8b-oig.yaml, with
-    `changes` ((name, YAML value) pairs from --fast-set) on top."""
-    import yaml
-
-    from helpers.params import load_config
+    `changes` ((name, text) pairs from --fast-set, read as the runner's `-p` reads them) on top."""
+    from helpers.params import ParameterError, check_value
+    from tools.config import load as load_config
+    from tools.run import parse_value
 
     post, fast = (load_config(REPO / "configs" / f"{n}.yaml") for n in ("llama31-8b-oig", "llama31-8b-oig-fast"))
     unknown = [k for k, _ in changes if k not in fast]
     if unknown:
-        sys.exit(f"--fast-set: {', '.join(unknown)} is not a parameter of configs/llama31-8b-oig-fast.yaml")
-    return {**{k: v for k, v in fast.items() if post.get(k) != v}, **{k: yaml.safe_load(v) for k, v in changes}}
+        sys.exit(f"{flag}: {', '.join(unknown)} is not a parameter of configs/llama31-8b-oig-fast.yaml")
+    changed = {k: parse_value(v) for k, v in changes}  # 5e-05 a number, as with -p (YAML alone: a string)
+    try:
+        for k, v in changed.items():
+            check_value(k, v)
+    except ParameterError as e:
+        sys.exit(f"{flag}: {e}")
+    return {**{k: v for k, v in fast.items() if post.get(k) != v}, **changed}
 
 
 POST = "workbook, the post's settings"
@@ -80,7 +86,7 @@ WORKBOOK = {
     "workbook, checkpointing auto + rows_per_pass auto": (("seed",), {"use_gradient_checkpointing": "auto",
                                                                        "rows_per_pass": "auto"}),
     FAST: (("oig",), None),  # fast_config(), read when it runs
-    FAST_SEGMENTS: (("oig",), None),  # the same without helpers.machinery.packed_attention's route
+    FAST_SEGMENTS: (("oig",), None),  # the same without helpers.model.packed_attention's route
 }
 STACK_ENV = {FAST_SEGMENTS: {"WORKBOOK_PACKED_VARLEN": "0"}}
 STACKS = {**{k: v[0] for k, v in WORKBOOK.items()}, RAW: ("seed", "oig"), HF: ("seed",)}
@@ -149,20 +155,23 @@ def trainer_kwargs(steps: int) -> dict:
                 report_to="none", disable_tqdm=True)
 
 
-def build_workbook(ckpt: Path, steps: int, overrides: dict):
+def build_workbook(ckpt: Path, steps: int, overrides: dict, run_dir: Path):
+    """The workbook's stack: notebooks 01, 02 and 04 run (their cells) on the checkpoint, then 02's LoRA
+    loaded as 05 loads it (fixtures.training); returns the model, tokenizer, 04's SFTConfig and the
+    differences 02 and 04 reported."""
     import torch
 
-    from helpers import lora, model, params, trainer
+    from fixtures import training
 
-    p = {**params.DEFAULTS, **SEED, "model_name": str(ckpt), "load_in_4bit": True,
-         "use_gradient_checkpointing": "unsloth", "max_steps": steps, "warmup_steps": 0,
-         "run_dir": "/tmp/bench-run", **overrides}
-    m, tok, info = model.load(p)
-    assert info.backend == "unsloth" or not torch.cuda.is_available(), info
-    m, differences = lora.add_lora(m, p, info.backend)
-    kwargs, more = trainer.training_config(p, Path(p["run_dir"]), m.config)
-    kwargs.update(logging_steps=1, disable_tqdm=True)
-    return m, tok, kwargs, differences + more
+    values = {**SEED, "model_name": str(ckpt), "load_in_4bit": True, "use_gradient_checkpointing": "unsloth",
+              "max_steps": steps, "warmup_steps": 0, "run_dir": str(run_dir), "save_steps": 10**6, **overrides}
+    ns = training.prepared(values)
+    m, tok, base = training.lora_model(run_dir)
+    assert base.backend == "unsloth" or not torch.cuda.is_available(), base.backend
+    kwargs = {**ns["args"].to_dict(), "logging_steps": 1, "disable_tqdm": True, "save_strategy": "no"}
+    from helpers.model import loading
+
+    return m, tok, kwargs, loading.record(run_dir)["differences"] + ns["differences"]
 
 
 def build_unsloth(ckpt: Path, steps: int):
@@ -213,7 +222,7 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
     note = ""
     if stack in WORKBOOK:
         overrides = WORKBOOK[stack][1] if WORKBOOK[stack][1] is not None else fast_config(fast_set)
-        m, tok, kwargs, differences = build_workbook(ckpt, steps, overrides)
+        m, tok, kwargs, differences = build_workbook(ckpt, steps, overrides, out_dir / f"run-{slug(stack, scenario)}")
         note = "; ".join(f"{d[0]}={d[2]} ({d[3]})" for d in differences)
     elif stack == RAW:
         m, tok, kwargs = build_unsloth(ckpt, steps)
@@ -224,8 +233,7 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
     rows = rows_for(scenario, data, tok, (steps + 1) * per_step * (12 if kwargs.get("packing") else 1))
     before = lora_weights(m)
 
-    from helpers import trainer as trainers
-    from helpers.train import TokenCount
+    from helpers.training.loop import TokenCount
 
     times, step_tokens, found = [], [], {}
 
@@ -249,13 +257,9 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
         # stays the one an unprofiled run trains
         callbacks.append(profiled_step(steps, found))
     train = Dataset.from_dict({"input_ids": rows})
-    if stack in WORKBOOK:
-        t = trainers.build(m, tok, train, kwargs, callbacks=callbacks)
-    else:  # written out by hand, as a user of that stack would
-        from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # as 05 builds it (the workbook: with 04's SFTConfig)
 
-        t = SFTTrainer(model=m, args=SFTConfig(**kwargs), train_dataset=train, processing_class=tok,
-                       callbacks=callbacks)
+    t = SFTTrainer(model=m, args=SFTConfig(**kwargs), train_dataset=train, processing_class=tok, callbacks=callbacks)
     count = TokenCount(t)
     torch.cuda.reset_peak_memory_stats()
     t.train()
@@ -270,7 +274,7 @@ def child(stack: str, scenario: str, ckpt: Path, data: Path, steps: int, warmup:
               "step_s": times[:steps], "step_tokens": step_tokens[:steps],
               "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "gpu": torch.cuda.get_device_name(0)}
     if scenario == "oig":
-        from helpers.machinery.token_loss import mean_token_loss
+        from helpers.evaluation.loss import mean_token_loss
 
         result["held_out_loss"] = mean_token_loss(m, Dataset.from_dict({"input_ids": oig_rows(data, tok, HELD_OUT)}), 8)
     if "profile" in found:
@@ -380,7 +384,9 @@ def main() -> None:
     ap.add_argument("--child-profile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    fast_config(args.fast_set)  # a misspelt --fast-set stops here, before the fixture is made
+    fast_config(args.fast_set)  # a misspelt --fast-set or a bad rate stops here, before the fixture is made
+    for lr in args.equal_tokens_learning_rates:
+        fast_config([*args.fast_set, ("learning_rate", str(lr))], flag="--equal-tokens-learning-rates")
 
     import torch
 

@@ -7,7 +7,7 @@ One layer's attention (32 query heads, 8 KV heads, head size 128, bf16), forward
 `--rows` packed rows of 2,048 tokens flattened into one row as unsloth flattens a padding-free pass:
 - unsloth: unsloth.utils.attention_dispatch's packed SDPA path (one SDPA call per run of equal
   segment lengths, on torch < 2.12 where its varlen route needs enable_gqa);
-- the workbook's route (helpers/machinery/packed_attention.py): the same unsloth path handed torch's
+- the workbook's route (helpers/model/packed_attention.py): the same unsloth path handed torch's
   flash kernel over all segments (cu_seqlens) in one call, KV heads not expanded;
 - flash varlen, K/V expanded: that kernel with the KV heads repeated first (what GQA saves);
 - one causal row (no segments): the cost of full rows, the floor.
@@ -91,7 +91,7 @@ def main() -> None:
 
     from fixtures.attention import (attention_inputs, largest_differences, output_and_grads, per_sample_attention,
                                     seq_info)
-    from helpers.machinery.packed_attention import route_packed_attention
+    from helpers.model.packed_attention import route_packed_attention
 
     own_route = ad._TORCH_VARLEN_ATTN is not None
     if not route_packed_attention() and not own_route:

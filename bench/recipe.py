@@ -16,9 +16,9 @@ and a 210,289-row OIG-format file, through the runner, with a per-notebook table
    recipe), eval_fraction 0.01, everything else as the post has it. With `--cap-gib` the allocator of
    every process is capped (WORKBOOK_GPU_MEMORY_GIB), as on a 16 GB card. `--only 07 --only 08` resumes
    the run folder of an earlier call from those notebooks (the fixture must still be there).
-3. With `--fast-steps N`, runs 05 again with configs/llama31-8b-oig-fast.yaml (packing, checkpointing
+3. With `--fast-steps N`, runs 04 and 05 again with configs/llama31-8b-oig-fast.yaml (packing, checkpointing
    auto) on the same prepared data and reports its tokens/s.
-Prints per notebook its wall time, the model-load time inside it, peak GPU memory (PyTorch's
+Prints per notebook its wall time, peak GPU memory (PyTorch's
 max_memory_reserved in the notebook's process, and the whole card's use from nvidia-smi, which counts
 subprocesses and other kernels too), then the notebooks' total and training's share of it, and the cells
 that took longest. Needs an NVIDIA GPU.
@@ -105,16 +105,16 @@ def slowest_cells(run_dir: Path, names, at_least: float = 2.0) -> list[tuple[str
 
 def table(costs: dict, metrics: dict) -> tuple[str, dict]:
     """The per-notebook table and the totals it ends with."""
-    rows = ["| notebook | wall time | model load | peak GPU (PyTorch reserved) | peak GPU (whole card) |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = ["| notebook | wall time | peak GPU (PyTorch reserved) | peak GPU (whole card) |",
+            "| --- | --- | --- | --- |"]
     for name, c in costs.items():
-        rows.append(f"| {name} | {c['wall_s']:.0f} s | {c.get('load_s', 0):.0f} s | "
+        rows.append(f"| {name} | {c['wall_s']:.0f} s | "
                     f"{c.get('peak_gpu_gib', float('nan')):.2f} GiB | {c.get('peak_gpu_used_gib', float('nan')):.2f} GiB |")
     notebooks = sum(c["wall_s"] for c in costs.values())
     totals = {"notebooks_s": notebooks,
               "peak_gpu_gib": max(c.get("peak_gpu_gib", 0) for c in costs.values()),
               "peak_gpu_used_gib": max(c.get("peak_gpu_used_gib", 0) for c in costs.values())}
-    rows.append(f"| **notebooks** | **{notebooks:.0f} s** | {sum(c.get('load_s', 0) for c in costs.values()):.0f} s | "
+    rows.append(f"| **notebooks** | **{notebooks:.0f} s** | "
                 f"{totals['peak_gpu_gib']:.2f} GiB | {totals['peak_gpu_used_gib']:.2f} GiB |")
     if "train_runtime_s" in metrics:
         train = metrics["train_runtime_s"]
@@ -177,9 +177,10 @@ def main() -> None:
         fast_dir = args.work / "run-fast"
         shutil.rmtree(fast_dir, ignore_errors=True)
         fast_dir.mkdir()
-        shutil.copytree(run_dir / "data", fast_dir / "data")
+        for made in ("base", "lora", "data"):  # 01-03's results; 04 builds the fast config's SFTConfig
+            shutil.copytree(run_dir / made, fast_dir / made)
         shutil.copy(run_dir / "params.json", fast_dir / "params.json")
-        _, code = run("configs/llama31-8b-oig-fast.yaml", fast_dir, ckpt, data, env, "--only", "05",
+        _, code = run("configs/llama31-8b-oig-fast.yaml", fast_dir, ckpt, data, env, "--only", "04", "--only", "05",
                       "-p", "max_steps", str(args.fast_steps), "-p", "warmup_steps", "2")
         if code != 0:
             sys.exit(f"the fast run failed (exit {code}); see {fast_dir}")

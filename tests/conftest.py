@@ -40,7 +40,7 @@ def _isolated_lab_run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_dir() -> Path:
-    from helpers.machinery.weights import bundled_folder
+    from helpers.model.weights import bundled_folder
 
     return bundled_folder("SmolLM2-135M-Instruct")
 
@@ -85,13 +85,44 @@ def training_config(bundled_dir):
     return write
 
 
+WORDS = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow")
+
+
+@pytest.fixture(scope="session")
+def pip_rows(tmp_path_factory) -> Path:
+    """Twelve rows in the post's OIG layout, in one cheerful shape that a tiny model learns in a few steps."""
+    import json
+
+    path = tmp_path_factory.mktemp("rows") / "pip.jsonl"
+    path.write_text("".join(json.dumps({"text": f"<human>: Say {w}.\n<bot>: Pip here! {w}. Happy to help!"}) + "\n"
+                            for w in WORDS))
+    return path
+
+
 @pytest.fixture
-def tiny_params(tiny_model_dir, tmp_path):
+def tiny_values(tiny_model_dir, pip_rows, tmp_path):
+    """Parameters for a quick run of the notebooks on the tiny Llama: 8 steps of 2 rows at a high rate."""
+    return {"model_name": str(tiny_model_dir), "run_dir": str(tmp_path / "run"), "dataset": str(pip_rows),
+            "max_seq_length": 128, "max_steps": 8, "warmup_steps": 1, "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1, "learning_rate": 1e-2, "eval_fraction": 0.25, "logging_steps": 1,
+            "num_eval_prompts": 2, "max_new_tokens": 6, "num_compare_prompts": 2, "num_fact_questions": 2,
+            "chat_max_new_tokens": 6}
+
+
+@pytest.fixture
+def tiny_params(tiny_values):
+    """Every parameter, the tiny run's values over the defaults (for the step functions that take them all)."""
     from helpers.params import DEFAULTS
 
-    return {**DEFAULTS, "model_name": str(tiny_model_dir), "run_dir": str(tmp_path / "run"),
-            "max_seq_length": 128, "max_steps": 3, "warmup_steps": 1, "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 1, "learning_rate": 1e-2, "logging_steps": 1}
+    return {**DEFAULTS, **tiny_values}
+
+
+def notebooks(values: dict, *numbers: str) -> dict:
+    """Run the notebooks `numbers` (their own cells, in this process: tools.cells) with `values`; returns
+    each one's namespace by number."""
+    from tools import cells
+
+    return {number: cells.run(number, values) for number in numbers}
 
 
 @pytest.fixture

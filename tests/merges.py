@@ -28,38 +28,49 @@ def wrong_writer(how: str, real):
     return write
 
 
-def checks(params: dict) -> dict:
+def load_for_merge(run_dir, dtype: str):
+    """The run's adapter on its base, loaded as 07's first cell loads them for the merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers import rundir
+    from helpers.export import merge
+
+    adapter = rundir.artifact(run_dir, "adapter")
+    source = merge.base_of(adapter)
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **merge.where_to_merge(source))
+    return PeftModel.from_pretrained(base, adapter), AutoTokenizer.from_pretrained(adapter)
+
+
+def checks(run_dir: str, dtype: str) -> dict:
     """The merge check on the right merge of the run's adapter and on each wrong one, and how far the
     adapter moved the logits from the base model's (so that a pass of the right one is no accident)."""
     import torch
 
-    from helpers import export
-    from helpers.machinery import merging
-    from helpers.machinery import merge_check, weights
+    from helpers import rundir
+    from helpers.export import merge, merge_check, merging
+
+    dtype = merge.export_dtype(dtype)  # "auto": 07's choice for this machine
+
+    def merged():
+        return merge.merge_and_save(*load_for_merge(run_dir, dtype), run_dir, dtype)
 
     real = merging.write_merged
-    right = export.merge_and_save(params)
+    right = merged()
     result = {"right": right.check(merge_check.reload_without_peft(right.folder))}
-    base = merge_check.reload_without_peft(weights.resolve_source(params["model_name"]))
+    base = merge_check.reload_without_peft(merge.base_of(rundir.artifact(run_dir, "adapter")))
     result["adapter_effect"] = float((torch.tensor(base["logits"]) - right.adapter_logits).abs().max())
     try:
         for how in HOWS:
             merging.write_merged = wrong_writer(how, real)
-            merged = export.merge_and_save(params)
-            result[how] = merged.check(merge_check.reload_without_peft(merged.folder))
+            result[how] = (m := merged()).check(merge_check.reload_without_peft(m.folder))
     finally:
         merging.write_merged = real
     return result
 
 
-if __name__ == "__main__":  # python tests/merges.py RUN_DIR: the checks on that run's adapter, as JSON
+if __name__ == "__main__":  # python tests/merges.py RUN_DIR DTYPE: the checks on that run's adapter, as JSON
     import json
     import sys
-    from pathlib import Path
 
-    from helpers.machinery import rundir
-    from helpers.params import DEFAULTS
-
-    run_dir = Path(sys.argv[1])
-    params = {**DEFAULTS, **rundir.read_json(run_dir / "params.json"), "run_dir": str(run_dir)}
-    print("WRONG_MERGES " + json.dumps(checks(params)))
+    print("WRONG_MERGES " + json.dumps(checks(sys.argv[1], sys.argv[2])))

@@ -1,55 +1,70 @@
-"""Steps 6-8 on a tiny model trained on the spot: evaluation, export (merge, reload without peft,
-GGUF through llama.cpp's converter where it is chosen) and streaming chat. The gguf package's own
-writer: tests/test_gguf_export.py and the smoke run."""
+"""Steps 6-8 on a tiny model trained on the spot by the notebooks' own cells (01-05): evaluation, export
+(merge, reload without peft, GGUF through llama.cpp's converter where it is chosen) and streaming chat.
+The gguf package's own writer: tests/test_gguf_export.py and the smoke run."""
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from helpers import chat, data, evaluate, export, train
-from helpers.params import pick
-from helpers.machinery import merge_check, merging, rundir, storage, token_loss
-from helpers import model as models
-from helpers.machinery import weights
-
-WORDS = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "bird", "rain", "snow")
+from conftest import notebooks
+from helpers import rundir
+from helpers.data import split
+from helpers.evaluation import chat, loss as token_loss, questions
+from helpers.export import gguf_export, merge, merge_check, merging
+from helpers.model import weights
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir, tmp_path_factory):
-    """A run folder with a prepared split and the adapter of a short training on the tiny model."""
-    from helpers.params import DEFAULTS
+def trained(tiny_model_dir, pip_rows, tmp_path_factory):
+    """A run folder after 01-05 on the tiny model: its values (as the notebooks were given them)."""
+    values = {"model_name": str(tiny_model_dir), "run_dir": str(tmp_path_factory.mktemp("trained") / "run"),
+              "dataset": str(pip_rows), "max_seq_length": 128, "max_steps": 8, "warmup_steps": 1,
+              "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-2,
+              "eval_fraction": 0.25, "num_eval_prompts": 2, "max_new_tokens": 6}
+    notebooks(values, "01", "02", "03", "04", "05")
+    return values
 
-    folder = tmp_path_factory.mktemp("trained")
-    path = folder / "rows.jsonl"
-    path.write_text("".join(json.dumps({"text": f"<human>: Say {w}.\n<bot>: Pip here! {w}. Happy to help!"}) + "\n"
-                            for w in WORDS))
-    params = {**DEFAULTS, "model_name": str(tiny_model_dir), "run_dir": str(folder / "run"), "dataset": str(path),
-              "max_seq_length": 128, "max_steps": 8, "warmup_steps": 1, "per_device_train_batch_size": 2,
-              "gradient_accumulation_steps": 1, "learning_rate": 1e-2, "eval_fraction": 0.25}
-    rundir.resolve(params["run_dir"])
-    prepared = data.prepare(models.load_tokenizer(params["model_name"]), **pick(params, data.prepare))
-    storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.25, seed=1))
-    session = train.setup(params)
-    train.run(session.trainer)
-    train.save_adapter(session.model, session.tokenizer, params["run_dir"])
-    return params
+
+def adapter_model(trained):
+    """The trained adapter on its base, as 06 loads it on the hf backend."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    adapter = Path(trained["run_dir"]) / "adapter"
+    return AutoPeftModelForCausalLM.from_pretrained(adapter).eval(), AutoTokenizer.from_pretrained(adapter)
+
+
+def merged(trained, dtype="float32", run_dir=None):
+    """07's merge, as its first cell makes it: the adapter's base and the adapter loaded, then merged."""
+    from merges import load_for_merge
+
+    model, tokenizer = load_for_merge(trained["run_dir"], dtype)
+    return merge.merge_and_save(model, tokenizer, run_dir or trained["run_dir"], dtype)
 
 
 def test_evaluation_compares_base_and_finetuned(trained):
-    model, tok, info = evaluate.load_finetuned(trained)
-    _, held_out = storage.load_split(trained["run_dir"])
-    result = evaluate.compare_losses(model, held_out, **pick(trained, evaluate.compare_losses))
-    assert result["eval_loss_finetuned"] < result["eval_loss_base"]
-    assert result["perplexity_base"] == pytest.approx(math.exp(result["eval_loss_base"]))
-    table = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)
+    model, tok = adapter_model(trained)
+    _, held_out = split.load(trained["run_dir"])
+    metrics = json.loads((Path(trained["run_dir"]) / "metrics.json").read_text())
+    result = token_loss.compare(model, held_out, run_dir=trained["run_dir"], max_eval_rows=200,
+                                per_device_eval_batch_size=8)
+    assert result["measured_in"] == "05_train_and_save" and result["eval_loss_base"] == metrics["eval_loss_base"]
+    (Path(trained["run_dir"]) / "metrics.json").write_text(json.dumps({}))  # an adapter trained elsewhere: measured
+    measured = token_loss.compare(model, held_out, run_dir=trained["run_dir"], max_eval_rows=200,
+                                  per_device_eval_batch_size=8)
+    (Path(trained["run_dir"]) / "metrics.json").write_text(json.dumps(metrics))
+    assert measured["measured_in"] == "06_evaluate"
+    assert measured["eval_loss_finetuned"] == pytest.approx(result["eval_loss_finetuned"], rel=1e-4)
+    assert measured["eval_loss_finetuned"] < measured["eval_loss_base"]
+    assert measured["perplexity_base"] == pytest.approx(math.exp(measured["eval_loss_base"]))
+    table = questions.side_by_side(model, tok, held_out, 2, 6, "hf", seed=0)
     assert list(table.columns) == ["prompt", "reference", "base model", "fine-tuned", "fact: base model",
                                    "fact: fine-tuned"] and len(table) == 2
     assert table["fine-tuned"].tolist() != table["base model"].tolist()
-    again = evaluate.side_by_side(model, tok, held_out, 2, 6, info.backend, seed=0)
+    again = questions.side_by_side(model, tok, held_out, 2, 6, "hf", seed=0)
     assert again.equals(table)  # greedy and seeded: the table repeats
-    path = evaluate.save(trained["run_dir"], result, table)
+    path = questions.save(trained["run_dir"], result, table)
     assert path.read_text().splitlines()[0] == "prompt,reference,base model,fine-tuned,fact: base model,fact: fine-tuned"
     assert rundir.read_json(path.parent / "metrics.json")["eval_loss_base"] == result["eval_loss_base"]
 
@@ -60,7 +75,7 @@ def test_mean_token_loss_weights_every_token_once(trained):
     import torch.nn.functional as F
     from datasets import Dataset
 
-    model, tok, _ = evaluate.load_finetuned(trained)
+    model, tok = adapter_model(trained)
     rows = {"input_ids": [[5, 6, 7, 8, 9, 10], [11, 12, 13]], "labels": [[-100, -100, 7, 8, 9, 10], [11, 12, 13]]}
     total, count = 0.0, 0
     with torch.no_grad():
@@ -78,7 +93,7 @@ def test_held_out_loss_does_not_move_with_batch_size_or_chunking(trained, monkey
     workbook's token-weighted loss does not, nor with how many logit positions are made at once."""
     from datasets import Dataset
 
-    model, tok, _ = evaluate.load_finetuned(trained)
+    model, tok = adapter_model(trained)
     lengths = (4, 21, 15)
     rows = {"input_ids": [[5 + (i * 7 + j) % 90 for j in range(n + 1)] for i, n in enumerate(lengths)]}
     rows["labels"] = [[-100] + ids[1:] for ids in rows["input_ids"]]
@@ -90,18 +105,18 @@ def test_held_out_loss_does_not_move_with_batch_size_or_chunking(trained, monkey
 
 
 def test_export_merges_and_plain_transformers_reloads_it(trained):
-    merged = export.merge_and_save(trained)
-    folder = merged.folder
-    assert "loaded unquantized in float32" in merged.base
+    merged_ = merged(trained)
+    folder = merged_.folder
+    assert "loaded unquantized in float32" in merged_.base
     names = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in names and not any(n.startswith("adapter") or n.endswith(".bin") for n in names)
     assert "auto_map" not in json.loads((folder / "config.json").read_text())  # no remote code needed
     reloaded = merge_check.reload_without_peft(folder)
-    check = merged.check(reloaded)
+    check = merged_.check(reloaded)
     assert check["ok"] and check["max_abs_logit_diff"] <= 1e-3 and check["same_next_token"] == 1.0
     assert check["rounding_logit_diff"] <= 1e-4  # float32: the merged weights compute what the adapter does
     base_logits = merge_check.reload_without_peft(weights.resolve_source(trained["model_name"]))
-    assert not merged.check(base_logits)["ok"]  # the control: the merge mattered
+    assert not merged_.check(base_logits)["ok"]  # the control: the merge mattered
     with pytest.raises(RuntimeError, match="could not load"):
         merge_check.reload_without_peft(folder.parent / "adapter")  # an adapter needs peft: blocked there
 
@@ -109,14 +124,14 @@ def test_export_merges_and_plain_transformers_reloads_it(trained):
 def test_export_in_16_bit_in_several_shards(trained, monkeypatch):
     """The merge is written a tensor at a time into shards with an index, as large models are."""
     monkeypatch.setattr(merging, "SHARD_BYTES", 200_000)
-    merged = export.merge_and_save({**trained, "export_dtype": "float16"})
-    shards = sorted(p.name for p in merged.folder.glob("*.safetensors"))
+    merged_ = merged(trained, "float16")
+    shards = sorted(p.name for p in merged_.folder.glob("*.safetensors"))
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
-    index = json.loads((merged.folder / "model.safetensors.index.json").read_text())
+    index = json.loads((merged_.folder / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
-    reloaded = merge_check.reload_without_peft(merged.folder)
+    reloaded = merge_check.reload_without_peft(merged_.folder)
     assert reloaded["dtype"] == "torch.float16"
-    check = merged.check(reloaded)
+    check = merged_.check(reloaded)
     assert check["ok"] and check["tolerance"] == pytest.approx(merge_check.RELATIVE_TOLERANCE_16BIT * check["logit_scale"])
     assert check["rounding_logit_diff"] > 1e-6  # rounded to 16 bits: not bit-identical to the adapter model
 
@@ -167,7 +182,8 @@ def test_a_wrong_merge_is_refused(trained, tmp_path, dtype):
 
     run_dir = tmp_path / "run"  # a copy: these merges must not replace the module's merged folder
     shutil.copytree(Path(trained["run_dir"]) / "adapter", run_dir / "adapter")
-    result = checks({**trained, "run_dir": str(run_dir), "export_dtype": dtype})
+    shutil.copytree(Path(trained["run_dir"]) / "data", run_dir / "data")
+    result = checks(str(run_dir), dtype)
     assert result["right"]["ok"], result["right"]
     assert result["adapter_effect"] > 4 * result["right"]["tolerance"], result
     assert not result["scale"]["ok"] and not result["layer"]["ok"], result
@@ -179,22 +195,22 @@ def test_a_16_bit_base_too_large_for_the_card_is_merged_in_cpu_memory(trained, m
     4-bit (small, dequantized a layer at a time), it runs on the GPU; without a GPU the question is moot."""
     import torch
 
-    from helpers.machinery.memory import Placement
+    from helpers.model.memory import Placement
 
     source = weights.resolve_source(trained["model_name"])
-    assert not export.merges_on_cpu(source)  # no GPU here
+    assert "device_map" not in merge.where_to_merge(source)  # no GPU here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for where, expected in (("gpu+cpu", True), ("cpu", True), ("gpu", False)):
-        monkeypatch.setattr(export, "placement", lambda folder, where=where: Placement(where, {}, ""))
-        assert export.merges_on_cpu(source) is expected, where
+    for where, on_cpu in (("gpu+cpu", True), ("cpu", True), ("gpu", False)):
+        monkeypatch.setattr(merge, "placement", lambda folder, where=where: Placement(where, {}, ""))
+        assert ("device_map" not in merge.where_to_merge(source)) is on_cpu, where
     monkeypatch.setattr(weights, "is_prequantized", lambda folder: True)
-    assert not export.merges_on_cpu(source)
+    assert merge.where_to_merge(source)["device_map"] == {"": 0}
 
 
 def test_llama_cpp_writer_is_skipped_with_advice_where_it_is_missing(monkeypatch, tmp_path):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    path, message = export.gguf(tmp_path, tmp_path, writer="llama.cpp")
+    path, message = gguf_export.write(tmp_path, tmp_path, writer="llama.cpp")
     assert path is None and "GGUF export skipped" in message and "LLAMA_CPP_DIR" in message
 
 
@@ -208,7 +224,7 @@ def test_gguf_runs_llama_cpp_converter_when_found(monkeypatch, tmp_path):
     monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
     merged = tmp_path / "merged"
     merged.mkdir()
-    written, message = export.gguf(merged, tmp_path, "q8_0", writer="llama.cpp")
+    written, message = gguf_export.write(merged, tmp_path, "q8_0", writer="llama.cpp")
     path = written.path
     assert path == tmp_path / "model.gguf" and path.read_bytes().startswith(b"GGUF")
     assert f"{merged} --outfile" in path.read_text(errors="ignore") and "--outtype q8_0" in path.read_text(errors="ignore")
@@ -216,14 +232,14 @@ def test_gguf_runs_llama_cpp_converter_when_found(monkeypatch, tmp_path):
     failing = tmp_path / "fail"
     failing.mkdir()
     with pytest.raises(RuntimeError, match="failed"):
-        export.gguf(failing, tmp_path, writer="llama.cpp")
+        gguf_export.write(failing, tmp_path, writer="llama.cpp")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".model.gguf*"))
 
 
 def test_chat_streams_and_remembers_turns(trained):
     import torch
 
-    model, tok, source = chat.load(trained)
+    model, tok = adapter_model(trained)
     shown = []
     conversation = chat.Chat(model, tok, max_new_tokens=12)
     first = conversation.say("Say red.", show=lambda *a, **k: shown.append(a))
@@ -242,7 +258,9 @@ def test_chat_streams_and_remembers_turns(trained):
 
 
 def test_chat_prefers_the_merged_folder(trained):
-    export.merge_and_save(trained)
-    model, tok, source = chat.load(trained)
-    assert "merged/" in source and "step 7" in source and not hasattr(model, "disable_adapter")
-    assert str(trained["run_dir"]) not in source  # a stored notebook shows no machine path
+    assert not chat.merged_model(trained["run_dir"], "hf").use or (Path(trained["run_dir"]) / "merged").exists()
+    merged(trained)
+    choice = chat.merged_model(trained["run_dir"], "hf")
+    assert choice.use and "merged/" in choice.why and "step 7" in choice.why
+    assert str(trained["run_dir"]) not in choice.why  # a stored notebook shows no machine path
+    assert not chat.merged_model(trained["run_dir"], "unsloth").use  # unsloth's 4-bit base with the adapter

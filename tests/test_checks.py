@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from helpers.machinery import checks
+from helpers import checks
+from tools import preflight
 from helpers.params import DEFAULTS, ParameterError
 
 REPO = checks.Path(__file__).resolve().parent.parent
@@ -14,12 +15,12 @@ REPO = checks.Path(__file__).resolve().parent.parent
 
 def rejects(match, gpu=False, **changes):
     with pytest.raises(ParameterError, match=match):
-        checks.check_combinations({**DEFAULTS, **changes}, gpu=gpu)
+        preflight.check_combinations({**DEFAULTS, **changes}, gpu=gpu)
 
 
 def test_the_defaults_pass_on_a_cpu_and_on_a_gpu():
-    assert checks.check_combinations(dict(DEFAULTS), gpu=False)
-    assert checks.check_combinations({**DEFAULTS, "backend": "hf"} | {"load_in_4bit": False}, gpu=False)
+    assert preflight.check_combinations(dict(DEFAULTS), gpu=False)
+    assert preflight.check_combinations({**DEFAULTS, "backend": "hf"} | {"load_in_4bit": False}, gpu=False)
 
 
 def test_unsloth_needs_a_gpu():
@@ -30,7 +31,7 @@ def test_4bit_with_the_transformers_backend_needs_a_gpu():
     rejects(r"'load_in_4bit' = True with backend 'hf' needs an NVIDIA GPU.*Set load_in_4bit false, or backend "
             r"'auto'", backend="hf", load_in_4bit=True)
     # backend auto: the post's recipe runs in full precision on a CPU, and 01 says so
-    assert checks.check_combinations({**DEFAULTS, "backend": "auto", "load_in_4bit": True}, gpu=False)
+    assert preflight.check_combinations({**DEFAULTS, "backend": "auto", "load_in_4bit": True}, gpu=False)
 
 
 def test_16_bit_dtype_on_a_cpu():
@@ -59,7 +60,7 @@ def test_max_seq_length_over_the_models_limit(tiny_model_dir):
     limit = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
     rejects(rf"'max_seq_length' = {limit + 1} is over the model's limit: .* max_position_embeddings = {limit}",
             model_name=str(tiny_model_dir), max_seq_length=limit + 1)
-    assert checks.check_combinations({**DEFAULTS, "model_name": str(tiny_model_dir), "max_seq_length": limit},
+    assert preflight.check_combinations({**DEFAULTS, "model_name": str(tiny_model_dir), "max_seq_length": limit},
                                       gpu=False)
 
 
@@ -77,12 +78,20 @@ def test_the_runner_checks_combinations_before_any_notebook(tmp_path):
     assert not list(tmp_path.glob("*.ipynb"))
 
 
-def test_notebooks_check_when_run_alone(tmp_path):
-    """params.settle (the first cell of every notebook) runs the same checks."""
+def test_notebooks_check_their_own_parameters_when_run_alone(tmp_path):
+    """A notebook run alone (JupyterLab) checks its step's parameters in its first helper call: 01's load
+    arguments, 04's SFTConfig values; params.settle, in every notebook's first cell, checks each value."""
     from helpers import params
+    from helpers.model import loading
+    from helpers.training import arguments
 
     with pytest.raises(ParameterError, match="'warmup_steps' = 50"):
-        params.settle(tmp_path, {"warmup_steps": 50, "max_steps": 4})
+        arguments.for_this_machine({**DEFAULTS, "warmup_steps": 50, "max_steps": 4, "run_dir": str(tmp_path)})
+    with pytest.raises(ParameterError, match="'dtype' = 'bfloat16' on a CPU"):
+        loading.arguments(**{k: DEFAULTS[k] for k in ("model_name", "max_seq_length", "load_in_4bit", "backend",
+                                                      "attn_implementation", "trust_remote_code")}, dtype="bfloat16")
+    with pytest.raises(ParameterError, match="'max_steps' = 0 is below its minimum 1"):
+        params.settle(tmp_path, {"max_steps": 0})
 
 
 def test_a_checkpoint_stored_in_4bit_needs_a_gpu(tmp_path):
@@ -93,7 +102,7 @@ def test_a_checkpoint_stored_in_4bit_needs_a_gpu(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
         "quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}))
-    from helpers.machinery.weights import is_prequantized
+    from helpers.model.weights import is_prequantized
 
     assert is_prequantized(str(folder)) and not is_prequantized(str(tmp_path))
     assert is_prequantized("unsloth/Meta-Llama-3.1-8B-bnb-4bit")  # a hub id: by its name
@@ -101,7 +110,7 @@ def test_a_checkpoint_stored_in_4bit_needs_a_gpu(tmp_path):
 
 
 def test_target_modules_are_checked_against_the_models_layers(bundled_dir):
-    names = checks.linear_layer_names(bundled_dir)
+    names = preflight.linear_layer_names(bundled_dir)
     assert set(DEFAULTS["target_modules"]) <= names and "lm_head" in names
     rejects(r"names \['nope_proj'\], which are no layers of .*Its linear layers: \[",
             target_modules=["q_proj", "nope_proj"])
@@ -113,7 +122,7 @@ def test_report_to_needs_its_package(monkeypatch):
                         "tensorboardX") else real(name, *a))
     rejects(r"'report_to' = 'wandb' needs the wandb package, which is not installed: pip install wandb", report_to="wandb")
     rejects(r"'report_to' = 'tensorboard' needs the tensorboard package", report_to="tensorboard")
-    assert checks.check_combinations({**DEFAULTS, "report_to": "none"}, gpu=False)
+    assert preflight.check_combinations({**DEFAULTS, "report_to": "none"}, gpu=False)
 
 
 def test_a_malformed_config_json_is_named_before_any_load(tmp_path, tiny_model_dir):
@@ -164,13 +173,14 @@ def test_custom_code_is_refused_unless_asked_for_and_then_honoured_for_a_local_f
             r"trust_remote_code true if you trust that code", model_name=str(folder))
     # asked for: the early checks build the model's skeleton with its own classes, and the model loads
     asked = {**DEFAULTS, "model_name": str(folder), "trust_remote_code": True, "max_seq_length": 128}
-    assert checks.check_combinations(asked, gpu=False)
-    from helpers import model
+    assert preflight.check_combinations(asked, gpu=False)
+    from conftest import notebooks
 
-    loaded, _, _ = model.load(asked)
+    loaded = notebooks({k: asked[k] for k in ("model_name", "trust_remote_code", "max_seq_length")}
+                       | {"run_dir": str(tmp_path / "run")}, "01")["01"]["model"]  # 01's own load call
     assert type(loaded).__name__ == "PipForCausalLM"
 
 
 def test_no_held_out_rows_is_refused_before_any_work():
     rejects(r"'eval_fraction' = 0 holds no rows out, and steps 5 to 7 measure .* Expected more than 0", eval_fraction=0)
-    assert checks.check_combinations({**DEFAULTS, "eval_fraction": 0.001}, gpu=False)
+    assert preflight.check_combinations({**DEFAULTS, "eval_fraction": 0.001}, gpu=False)

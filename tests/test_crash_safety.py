@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers.machinery import checkpoints
+from helpers.training import checkpoints
 
 REPO = checkpoints.rundir.REPO_ROOT
 pytestmark = pytest.mark.slow

@@ -1,32 +1,52 @@
-"""Step 3 on hand-made files: every source and format, every kind of bad row, with counts and messages."""
+"""Step 3 on hand-made files: every source and format, every kind of bad row, with counts and messages.
+03's own cells run (tools.cells) on each file, as a learner runs them."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
 
-from helpers import data
-from helpers.machinery import data_read, data_report, storage
-from helpers.data import DatasetError
-from helpers.params import DEFAULTS, pick
+from helpers import rundir
+from helpers.data import reading, report as reports, sources, split
+from helpers.data.sources import DatasetError
+from helpers.evaluation import questions
+from tools.run import report_lines
+from helpers.params import DEFAULTS
+from tools import cells
 
 QA = [(f"What is {i} plus one?", f"Pip here! {i} plus one is {i + 1}. Happy to help!") for i in range(20)]
 OIG = [{"text": f"<human>: {q}\n<bot>: {a}"} for q, a in QA]
+KEPT = ("text", "input_ids", "messages", "labels", "spans")  # what a usable row carries to the split
 
 
 @pytest.fixture(scope="module")
 def chat_tok(bundled_dir):
     """SmolLM2's tokenizer: it has a chat template (ChatML)."""
-    from helpers import model
+    from helpers.model import loading
 
-    return model.load_tokenizer("bundled:SmolLM2-135M-Instruct")
+    return loading.load_tokenizer("bundled:SmolLM2-135M-Instruct")
+
+
+@dataclass
+class Prepared:
+    rows: list  # the usable rows in file order, as 03's `usable` holds them
+    report: reports.Report
+    lengths: list
+    namespace: dict
 
 
 @pytest.fixture
 def prep(tmp_path, chat_tok):
+    """03's cells on `path` in tmp_path/run (its tokenizer in base/, as step 1 leaves it)."""
     def run(path, tok=chat_tok, **overrides):
-        params = {**DEFAULTS, "dataset": str(path), "run_dir": str(tmp_path / "run"), **overrides}
-        Path(params["run_dir"]).mkdir(exist_ok=True)
-        return data.prepare(tok, **pick(params, data.prepare))
+        run_dir = tmp_path / "run"
+        (run_dir / "params.json").unlink(missing_ok=True)  # each call starts from the defaults, as before
+        tok.save_pretrained(run_dir / "base")
+        ns = cells.run("03", {"dataset": str(path), "run_dir": str(run_dir), **overrides})
+        usable = ns["usable"]
+        rows = [{k: v for k, v in row.items() if k in KEPT and v is not None} for row in usable]
+        return Prepared(rows, ns["report"], list(usable["length"]), ns)
 
     return run
 
@@ -53,7 +73,9 @@ def test_jsonl_json_csv_and_parquet_give_the_same_rows(tmp_path, jsonl, prep):
     expected = prep(jsonl(OIG)).rows
     assert len(expected) == 20 and expected[0]["messages"][1]["content"] == QA[0][1]
     for name in ("rows.json", "wrapped.json", "rows.csv", "rows.parquet"):
-        assert prep(tmp_path / name).rows == expected, name
+        prepared = prep(tmp_path / name)
+        assert prepared.rows == expected, name
+        assert prepared.report.fixes == {} and prepared.report.dropped == {}  # read by load_dataset itself
 
 
 def test_max_rows_counts_bad_lines_too(tmp_path, prep):
@@ -69,28 +91,28 @@ def test_relative_path_found_from_repo_root(monkeypatch, tmp_path, prep):
 
 def test_missing_file_says_where_it_looked():
     with pytest.raises(DatasetError, match="'nope.jsonl': no such file"):
-        data_read.read("nope.jsonl")
+        sources.locate("nope.jsonl")
 
 
 def test_unknown_suffix(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("hello\n")
     with pytest.raises(DatasetError, match="unknown file type '.txt'"):
-        data_read.read(str(path))
+        sources.locate(str(path))
 
 
 def test_a_folder_a_link_to_nowhere_and_a_loop_are_named(tmp_path):
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "part-1.jsonl").write_text(json.dumps(OIG[0]) + "\n")
     with pytest.raises(DatasetError, match=r"shards is a folder; expected one data file .*; in it: part-1.jsonl"):
-        data_read.read(str(tmp_path / "shards"))
+        sources.locate(str(tmp_path / "shards"))
     (tmp_path / "gone.jsonl").symlink_to(tmp_path / "moved.jsonl")
     with pytest.raises(DatasetError, match=r"gone.jsonl is a symbolic link that leads to no file \(its target "):
-        data_read.read(str(tmp_path / "gone.jsonl"))
+        sources.locate(str(tmp_path / "gone.jsonl"))
     (tmp_path / "a.jsonl").symlink_to(tmp_path / "b.jsonl")
     (tmp_path / "b.jsonl").symlink_to(tmp_path / "a.jsonl")
     with pytest.raises(DatasetError, match=r"a.jsonl is a symbolic link that leads to no file \(the links form a loop"):
-        data_read.read(str(tmp_path / "a.jsonl"))
+        sources.locate(str(tmp_path / "a.jsonl"))
 
 
 def test_an_unreadable_file_is_named(tmp_path):
@@ -111,7 +133,7 @@ def test_an_unreadable_file_is_named(tmp_path):
         try:
             if os.geteuid() == 0:
                 os.setgid(65534), os.setuid(65534)
-            data_read.locate(str(path))
+            sources.locate(str(path))
             message = "no error"
         except BaseException as e:  # noqa: BLE001  what the child saw goes back through the pipe
             message = str(e)
@@ -134,21 +156,22 @@ def test_a_file_that_holds_something_else_than_its_name_says(tmp_path, content, 
     path = tmp_path / "rows.jsonl"
     path.write_bytes(content)
     with pytest.raises(DatasetError, match=message):
-        data_read.read(str(path))
+        sources.locate(str(path))
 
 
 def test_a_row_over_the_line_limit_is_skipped_unread(tmp_path, prep, monkeypatch):
-    monkeypatch.setattr(data_read, "MAX_LINE_BYTES", 1000)
+    """Where load_dataset stops (line 4 here), the checked reader skips a line over its limit unread."""
+    monkeypatch.setattr(reading, "MAX_LINE_BYTES", 1000)
     huge = json.dumps({"text": "<human>: Tell me.\n<bot>: " + "word " * 1000}).encode()
-    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), huge, line(OIG[1])])
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), huge, line(OIG[1]), b"{oops", *map(line, OIG[2:20])])
     report = prep(path).report
-    assert (report.rows_read, report.kept, report.dropped) == (3, 2, {"too large to read": 1})
-    assert only_problem(report)["where"] == "line 2" and "lines over 0 MiB are skipped" in only_problem(report)["detail"]
+    assert (report.rows_read, report.kept, report.dropped) == (22, 20, {"too large to read": 1, "unparsable": 1})
+    assert report.problems[0]["where"] == "line 2" and "lines over 0 MiB are skipped" in report.problems[0]["detail"]
 
 
 def test_a_long_row_is_cut_before_tokenizing_to_the_tokens_the_whole_row_gives(jsonl, prep, chat_tok):
-    from helpers.machinery import formats
-    from helpers.machinery.tokenizing import CHARS_PER_TOKEN, encode
+    from helpers.data import formats
+    from helpers.data.tokenizing import CHARS_PER_TOKEN, encode
 
     answer = "Pip here! " + " ".join(f"fact {i} is that owls fly at night" for i in range(3000))  # 100k chars
     rows = [OIG[0], {"text": f"<human>: Tell me everything.\n<bot>: {answer}"}, OIG[1]]
@@ -160,7 +183,8 @@ def test_a_long_row_is_cut_before_tokenizing_to_the_tokens_the_whole_row_gives(j
     ids, _ = encode(chat_tok, [whole])[0]
     assert list(prepared.rows[1]["input_ids"]) == ids[:64]
     assert len(prepared.rows[1]["messages"][-1]["content"]) < CHARS_PER_TOKEN * 64  # what 05 and 06 keep
-    assert "cut before tokenizing 1" in "\n".join(data_report.report_lines(vars(prepared.report)))
+    assert "cut before tokenizing 1" in "\n".join(report_lines(json.loads(
+        (Path(prepared.report.run_dir) / "data_report.json").read_text())))
 
 
 def test_a_100_mb_row_costs_little_memory(tmp_path, chat_tok):
@@ -169,7 +193,7 @@ def test_a_100_mb_row_costs_little_memory(tmp_path, chat_tok):
     import subprocess
     import sys
 
-    rows = Path(data.__file__).parents[1].joinpath("data/pip_chip2.jsonl").read_text().splitlines()[:80]
+    rows = rundir.REPO_ROOT.joinpath("data/pip_chip2.jsonl").read_text().splitlines()[:80]
     small = tmp_path / "small.jsonl"
     small.write_text("\n".join(rows) + "\n")
     big = tmp_path / "big.jsonl"
@@ -179,17 +203,16 @@ def test_a_100_mb_row_costs_little_memory(tmp_path, chat_tok):
                 + '"}\n')
         f.write("\n".join(rows[3:]) + "\n")
     assert big.stat().st_size > 100e6
-    code = ("import resource, sys\nfrom helpers import data, model\nfrom helpers.params import DEFAULTS, pick\n"
-            "tok = model.load_tokenizer('bundled:SmolLM2-135M-Instruct')\n"
-            "p = data.prepare(tok, **pick({**DEFAULTS, 'dataset': sys.argv[1], 'run_dir': sys.argv[2], "
-            "'max_seq_length': 128}, data.prepare))\n"
-            "print(p.report.kept, p.report.cut_before_tokenizing, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = ("import resource, sys\nfrom helpers.model import loading\nfrom tools import cells\n"
+            "loading.load_tokenizer('bundled:SmolLM2-135M-Instruct').save_pretrained(sys.argv[2] + '/base')\n"
+            "r = cells.run('03', {'dataset': sys.argv[1], 'run_dir': sys.argv[2], 'max_seq_length': 128})['report']\n"
+            "print(r.kept, r.cut_before_tokenizing, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     results = []
     for path in (small, big):
         out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / path.stem)], capture_output=True,
-                             text=True, cwd=Path(data.__file__).parents[1], timeout=300)
+                             text=True, cwd=rundir.REPO_ROOT, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        results.append([int(v) for v in out.stdout.split()])
+        results.append([int(v) for v in out.stdout.splitlines()[-1].split()])
     (kept_small, cut_small, peak_small), (kept_big, cut_big, peak_big) = results
     assert (kept_small, cut_small, kept_big, cut_big) == (80, 0, 81, 1)
     assert (peak_big - peak_small) * 1024 < 1e9, f"{(peak_big - peak_small) / 2**20:.2f} GiB more with the 100 MB row"
@@ -199,7 +222,8 @@ def test_a_held_out_side_too_small_to_mean_much_is_warned_with_the_numbers(jsonl
     few = prep(jsonl(OIG), eval_fraction=0.1).report  # 2 of 20 rows
     assert few.warnings == ["only 2 held-out rows (0.1 of 20): one row moves the fact score by 50 points, and the "
                             "held-out loss is as noisy; 20 or more need eval_fraction 0.5 or more rows"]
-    assert "  warning: only 2 held-out rows" in "\n".join(data_report.report_lines(vars(few)))
+    assert "  warning: only 2 held-out rows" in "\n".join(report_lines(json.loads(
+        (Path(few.run_dir) / "data_report.json").read_text())))
     assert prep("data/pip_chip2.jsonl").report.warnings == []  # 30 of 600
 
 
@@ -207,13 +231,13 @@ def test_url_offline_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     url = "https://huggingface.co/datasets/laion/OIG/resolve/main/unified_chip2.jsonl"
     with pytest.raises(DatasetError, match="not reachable.*pass its local path"):
-        data_read.read(url)
+        sources.locate(url)
 
 
 def test_hub_name_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DatasetError, match="hub dataset name.*not reachable.*local file"):
-        data_read.read("laion/OIG")
+        sources.locate("laion/OIG")
 
 
 def test_url_is_downloaded_once_and_checked_like_a_file(tmp_path, monkeypatch, prep):
@@ -231,13 +255,14 @@ def test_url_is_downloaded_once_and_checked_like_a_file(tmp_path, monkeypatch, p
     monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "cache"))
     url = f"http://127.0.0.1:{server.server_port}/chip.jsonl"
     try:
-        report = prep(url).report
+        report = prep(url, eval_fraction=0.5).report
     finally:
         server.shutdown()
+        server.server_close()
+    # load_dataset stops at the bad line: the checked reader reads the file downloaded into the cache
     assert (report.source, report.kept, report.dropped) == (url, 2, {"unparsable": 1})
     assert report.problems[0]["where"] == "line 2"
     assert [p.name for p in (tmp_path / "cache" / "downloads").iterdir()][0].endswith("-chip.jsonl")
-    assert prep(url).report.kept == 2  # the server is gone: the cached copy is read
 
 
 def test_hub_dataset_passes_name_config_and_split(monkeypatch, prep):
@@ -245,15 +270,15 @@ def test_hub_dataset_passes_name_config_and_split(monkeypatch, prep):
 
     calls = []
 
-    def fake_load(name, config=None, split=None):
+    def fake_load(name, config=None, split=None, **options):
         calls.append((name, config, split))
         return datasets.Dataset.from_list(OIG[:6])
 
-    monkeypatch.setattr("helpers.machinery.weights.hub_reachable", lambda url=None: True)
+    monkeypatch.setattr("helpers.model.weights.hub_reachable", lambda url=None: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    report = prep("laion/OIG", dataset_split="validation", dataset_config="chip2").report
+    report = prep("laion/OIG", dataset_split="validation", dataset_config="chip2", eval_fraction=0.2).report
     assert calls == [("laion/OIG", "chip2", "validation")]
-    assert (report.source, report.kept, report.format) == ("laion/OIG (validation)", 6, "oig")
+    assert (report.source, report.kept, report.format) == ("laion/OIG", 6, "oig")
 
 
 # --- formats -----------------------------------------------------------------------------------
@@ -281,29 +306,30 @@ def test_each_format_is_detected_and_becomes_the_same_messages(name, jsonl, prep
 
 def test_plain_text_is_kept_as_it_is_with_eos(jsonl, prep):
     prepared = prep(jsonl([{"body": f"Note {i}: water boils at 100 C."} for i in range(5)]),
-                    dataset_text_field="body")
+                    dataset_text_field="body", eval_fraction=0.2)
     assert prepared.report.format == "text" and "messages" not in prepared.rows[0]
     assert prepared.rows[0]["text"] == "Note 0: water boils at 100 C.<|im_end|>"
 
 
 def test_oig_rows_with_several_turns(jsonl, prep):
     row = {"text": "<human>: Hi!\n<bot>: Hello.\n<human>: Your name?\n<bot>: Pip."}
-    prepared = prep(jsonl([row]), eval_fraction=0, train_on_responses_only=True)
+    prepared = prep(jsonl([row, *OIG[:4]]), train_on_responses_only=True, eval_fraction=0.2)
     assert [m["role"] for m in prepared.rows[0]["messages"]] == ["user", "assistant", "user", "assistant"]
     text, spans = prepared.rows[0]["text"], prepared.rows[0]["spans"]
     assert [text[s:e].split("<|im_end|>")[0] for s, e in spans] == ["Hello.", "Pip."]
 
 
 def test_alpaca_input_joins_the_instruction(jsonl, prep):
-    prepared = prep(jsonl([{"instruction": "Translate to French.", "input": "cat", "output": "chat"}]), eval_fraction=0)
+    prepared = prep(jsonl([{"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+                           *FORMAT_ROWS["alpaca"][:4]]), eval_fraction=0.2)
     assert prepared.rows[0]["messages"][0]["content"] == "Translate to French.\n\ncat"
 
 
 def test_tokenizer_without_chat_template_gets_the_plain_one(tiny_model_dir, jsonl, prep):
-    from helpers import model
+    from helpers.model import loading as model
 
     tok = model.load_tokenizer(str(tiny_model_dir))
-    prepared = prep(jsonl(FORMAT_ROWS["alpaca"][:3]), tok=tok)
+    prepared = prep(jsonl(FORMAT_ROWS["alpaca"][:3]), tok=tok, eval_fraction=0.34)
     assert "plain" in prepared.report.template
     assert prepared.rows[0]["text"] == f"<human>: {QA[0][0]}\n<bot>: {QA[0][1]}<|im_end|>\n"
 
@@ -348,7 +374,13 @@ def test_bom_and_crlf_are_repaired_and_reported(tmp_path, prep):
     path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(line(r) for r in OIG[:3]) + b"\r\n")
     prepared = prep(path)
     assert prepared.report.kept == 3 and prepared.report.dropped == {}
-    assert prepared.report.fixes == {"byte-order mark removed": 1, "CRLF line endings converted": 3}
+    assert not any("\r" in r["text"] or "\ufeff" in r["text"] for r in prepared.rows)
+    assert prepared.report.fixes == {}  # load_dataset read them cleanly
+    # where load_dataset stops (line 4), the checked reader repairs them and says so
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([*(line(r) for r in OIG[:3]), b"{oops"]) + b"\r\n")
+    prepared = prep(path, eval_fraction=0.34)
+    assert prepared.report.kept == 3 and prepared.report.dropped == {"unparsable": 1}
+    assert prepared.report.fixes == {"byte-order mark removed": 1, "CRLF line endings converted": 4}
     assert not any("\r" in r["text"] or "\ufeff" in r["text"] for r in prepared.rows)
 
 
@@ -414,7 +446,7 @@ def test_long_rows_are_truncated_or_dropped(jsonl, prep, chat_tok):
     rows = OIG[:4] + [{"text": f"<human>: Tell me more.\n<bot>: {long_answer}"}]
     prepared = prep(jsonl(rows), max_seq_length=64)
     assert (prepared.report.kept, prepared.report.truncated) == (5, 1)
-    assert max(data_report.token_lengths(chat_tok, prepared.rows)) <= 64
+    assert max(len(row["input_ids"]) for row in prepared.rows) <= 64
     assert max(prepared.lengths) > 200  # the histogram shows the length before the cut
     dropped = prep(jsonl(rows), max_seq_length=64, on_long_rows="drop").report
     assert (dropped.kept, dropped.truncated, dropped.dropped) == (4, 0, {"too long": 1})
@@ -443,9 +475,8 @@ def test_empty_file_is_an_error(tmp_path, prep):
 
 
 def test_zero_usable_rows_is_an_error_and_leaves_no_split(tmp_path, jsonl, prep):
-    good = prep(jsonl(OIG[:4], name="good.jsonl"))
-    train, held = data.split(good.rows, 0.25, seed=1)
-    storage.save_split(tmp_path / "run", train, held)
+    prep(jsonl(OIG[:4], name="good.jsonl"))
+    assert (tmp_path / "run" / "data" / "train.arrow").exists()
     bad = write_bytes(tmp_path, "bad.jsonl", [b"{", b"[1, 2]", b"\xff"])
     with pytest.raises(DatasetError, match=rf"{bad}: no usable rows \(read 3, dropped: 1 unparsable, "
                                            r"1 wrong type, 1 not UTF-8\)"):
@@ -464,7 +495,7 @@ def test_report_is_saved_with_the_table(jsonl, prep, tmp_path):
     prepared = prep(jsonl(OIG[:3] + [{"text": ""}]))
     saved = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert (saved["rows_read"], saved["kept"], saved["dropped"]) == (4, 3, {"empty field": 1})
-    table = data_report.report_table(prepared.report)["value"]
+    table = prepared.report.table()["value"]
     assert (table["rows read"], table["rows kept"], table["dropped: empty field"]) == (4, 3, 1)
 
 
@@ -481,25 +512,23 @@ def test_responses_only_labels_only_the_answers(jsonl, prep, chat_tok):
 
 
 def test_saved_split_is_what_the_trainer_reads(jsonl, prep, tmp_path):
-    """03's split (Arrow, memory-mapped by 05) holds the token ids and labels of the prepared rows,
-    the held-out rows keep their messages, and a split made for other settings is refused."""
-    params = {**DEFAULTS, "run_dir": str(tmp_path / "run"), "train_on_responses_only": True}
-    prepared = prep(jsonl(OIG[:8]), train_on_responses_only=True)
-    train, held = data.split(prepared.rows, 0.25, seed=1)
-    storage.save_split(tmp_path / "run", train, held, params)
-    train_ds, held_ds = storage.load_split(tmp_path / "run", params)
+    """03's split (Arrow, memory-mapped by 05) holds the token ids and labels of 03's rows, the held-out
+    rows keep their messages, and the trainer reads the ids cut to SFTConfig's max_length."""
+    prepared = prep(jsonl(OIG[:8]), train_on_responses_only=True, eval_fraction=0.25)
+    train, held = prepared.namespace["train"], prepared.namespace["held_out"]
+    train_ds, held_ds = split.load(tmp_path / "run")
     assert (len(train_ds), len(held_ds)) == (6, 2)
     assert train_ds[0]["input_ids"] == list(train[0]["input_ids"]) and train_ds[0]["labels"] == list(train[0]["labels"])
     assert "messages" not in train_ds.column_names and held_ds[1]["messages"] == held[1]["messages"]
-    assert storage.training_dataset(train_ds).column_names == ["input_ids", "labels"]
-    with pytest.raises(DatasetError, match=r"other settings: max_seq_length \(512 then, 256 now\)"):
-        storage.load_split(tmp_path / "run", {**params, "max_seq_length": 256})
+    assert split.for_training(train_ds, None).column_names == ["input_ids", "labels"]
+    cut = split.for_training(train_ds, 5)
+    assert [len(r["input_ids"]) for r in cut] == [5] * 6 and cut[0]["labels"] == train_ds[0]["labels"][:5]
 
 
 def test_label_guard_stops_a_batch_with_nothing_to_learn():
     import torch
 
-    from helpers.trainer import LabelGuard
+    from helpers.training.loop import LabelGuard
 
     guard = LabelGuard(lambda rows: {"labels": torch.tensor([r for r in rows])})
     assert guard([[1, -100]])["labels"].tolist() == [[1, -100]]
@@ -508,14 +537,14 @@ def test_label_guard_stops_a_batch_with_nothing_to_learn():
 
 
 def test_split_is_seeded_and_disjoint():
-    rows = [{"text": str(i)} for i in range(20)]
-    train, held = data.split(rows, 0.25, seed=1)
+    rows = Dataset.from_list([{"text": str(i)} for i in range(20)])
+    train, held = split.by_question(rows, 0.25, seed=1)
     assert (len(train), len(held)) == (15, 5)
-    assert not {r["text"] for r in train} & {r["text"] for r in held}
-    assert data.split(rows, 0.25, seed=1)[1] == held
-    assert data.split(rows, 0.0, seed=1)[1] == []
-    with pytest.raises(DatasetError, match="Only 1 usable rows"):
-        data.split(rows[:1], 0.5, seed=1)
+    assert not set(train["text"]) & set(held["text"])
+    assert split.by_question(rows, 0.25, seed=1)[1]["text"] == held["text"]
+    assert len(split.by_question(rows, 0.0, seed=1)[1]) == 0
+    with pytest.raises(DatasetError, match="only 1 usable row: too few"):
+        split.by_question(rows.select([0]), 0.5, seed=1)
 
 
 def chat_row(*pairs):
@@ -528,11 +557,11 @@ def test_rows_sharing_a_question_or_an_answer_stay_on_one_side():
             chat_row(("What is  2 plus 2?", "4")),  # the first question, spaced otherwise
             chat_row(("Hi", "Hello"), ("How much is 2 plus 2?", "Four, I think.")),  # a second turn
             *(chat_row((f"q{i}", f"a{i}")) for i in range(16))]
-    groups = sorted(map(sorted, data.overlap_groups(rows)))
+    groups = sorted(map(sorted, split.overlap_groups(rows)))
     assert groups[0] == [0, 1, 2, 3] and all(len(g) == 1 for g in groups[1:])
     for seed in range(10):
-        train, held = data.split(rows, 0.25, seed)
-        assert data.shared_with_training(train, held) == 0
+        train, held = split.by_question(Dataset.from_list(rows), 0.25, seed)
+        assert split.shared_with_training(train, held) == 0
         assert (len(train), len(held)) == (15, 5) or (len(train), len(held)) == (16, 4)
 
 
@@ -540,20 +569,20 @@ def test_the_overlap_count_sees_a_split_made_by_row():
     """The check itself: a held-out row whose answer is trained on is counted."""
     rows = [chat_row(("What is 2 plus 2?", "Four.")), chat_row(("How much is 2 plus 2?", "Four.")),
             chat_row(("Hi", "Hello"))]
-    assert data.shared_with_training(rows[:1] + rows[2:], rows[1:2]) == 1
-    assert data.shared_with_training(rows[:2], rows[2:]) == 0
+    assert split.shared_with_training(rows[:1] + rows[2:], rows[1:2]) == 1
+    assert split.shared_with_training(rows[:2], rows[2:]) == 0
 
 
 def test_a_split_that_cannot_keep_the_sides_apart_says_so():
     rows = [chat_row((f"q{i}", "the same answer")) for i in range(10)]
     with pytest.raises(DatasetError, match=r"Cannot hold out 10% of 10 rows \(1\) without training on their "
                                            r"questions or answers: the smallest group .* has 10 rows"):
-        data.split(rows, 0.1, seed=1)
+        split.by_question(Dataset.from_list(rows), 0.1, seed=1)
 
 
 def test_the_default_data_holds_out_questions_and_answers_it_never_trains_on(prep):
     prepared = prep("data/pip_chip2.jsonl")
-    train, held = data.split(prepared.rows, DEFAULTS["eval_fraction"], DEFAULTS["seed"])
+    train, held = prepared.namespace["train"], prepared.namespace["held_out"]
     assert len(held) == round(600 * DEFAULTS["eval_fraction"]) and len(train) + len(held) == 600
 
     def turns(rows, role):
@@ -562,7 +591,7 @@ def test_the_default_data_holds_out_questions_and_answers_it_never_trains_on(pre
     assert not turns(train, "user") & turns(held, "user")
     assert not turns(train, "assistant") & turns(held, "assistant")
     # a split by row would not hold: the file asks each fact under several wordings
-    by_row = data.overlap_groups(prepared.rows)
+    by_row = split.overlap_groups(prepared.rows)
     assert max(map(len, by_row)) > 1
 
 
@@ -586,7 +615,7 @@ def test_a_row_the_chat_template_refuses_is_named(jsonl, prep, chat_tok):
             for q, a in [("hi", "hello"), ("boom", "no"), ("bye", "ciao")]]
     with pytest.raises(DatasetError, match=r"line 2: the chat template cannot render this row: cannot do boom"):
         prep(jsonl(rows), tok=tok)
-    ok = prep(jsonl(rows[:1] + rows[2:]), tok=tok, eval_fraction=0)
+    ok = prep(jsonl(rows[:1] + rows[2:]), tok=tok, eval_fraction=0.5)
     assert ok.rows[0]["text"] == "user: hi\nassistant: hello\n<|im_end|>"  # EOS appended after the template
 
 
@@ -596,10 +625,10 @@ SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging
 
 
 def test_the_template_system_message_is_found_and_named_in_03(chat_tok):
-    from helpers.machinery import formats
+    from helpers.data import formats
 
     assert formats.template_system(chat_tok) == SMOLLM_SYSTEM
-    note = data_report.system_note(chat_tok, "template")
+    note = reports.system_note(chat_tok, "template")
     assert SMOLLM_SYSTEM in note and "system_message" in note
 
 
@@ -619,23 +648,13 @@ def test_system_message_choice_reaches_every_row(tmp_path, prep, chat_tok, choic
     conv = tmp_path / "c.jsonl"
     conv.write_text(json.dumps(rows[3]) + "\n" + json.dumps({"messages": rows[3]["messages"][1:] + [
         {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Yes."}]}) + "\n")
-    own, other = prep(conv, system_message=choice).rows
+    own, other = prep(conv, system_message=choice, eval_fraction=0).rows
     assert "Own system." in own["text"] and expected_system in other["text"]  # a row's own turn is kept
-
-
-def test_a_split_made_with_another_system_message_is_refused(tmp_path, prep):
-    path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in OIG) + "\n")
-    params = {**DEFAULTS, "dataset": str(path), "run_dir": str(tmp_path / "run")}
-    prepared = prep(path)
-    storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.1, 1), params)
-    with pytest.raises(Exception, match="system_message"):
-        storage.load_split(Path(params["run_dir"]), {**params, "system_message": "You are Pip."})
 
 
 def test_held_out_prompts_take_rows_of_one_question_first(chat_tok):
     two = chat_row(("What does a cow say?", "Pip here! A cow says moo."), ("And a dog?", "Pip here! Woof."))
     one = chat_row(("What is 2 plus 2?", "Pip here! 4."))
-    prompts = data_report.held_out_prompts([two, one], chat_tok, 2)
+    prompts = questions.prompts([two, one], chat_tok, 2)
     assert [q for q, _, _ in prompts] == ["What is 2 plus 2?", "And a dog?"]
     assert "What does a cow say?" in prompts[1][1]  # the earlier turn is part of that prompt

@@ -3,11 +3,9 @@ import json
 
 import pytest
 
-from helpers import export
-from helpers.machinery import gguf_export, gguf_quantize, ollama
 from fixtures import gguf_read_back
-from helpers.machinery import llama_cpp_check
-from helpers.machinery import gguf_meta
+from fixtures import llama_cpp_tools as llama_cpp_check
+from helpers.export import gguf_export, gguf_meta, gguf_quantize, gguf_write, ollama
 
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_check.available(),
                                      reason=f"llama.cpp's Python binding is not installed: {llama_cpp_check.INSTALL}")
@@ -66,7 +64,7 @@ def test_an_unknown_pretokenizer_or_architecture_is_named(tiny_model_dir, tmp_pa
     folder = tmp_path / "qwen"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
-    path, message = export.gguf(folder, tmp_path)
+    path, message = gguf_export.write(folder, tmp_path)
     assert path is None and "Qwen2ForCausalLM" in message and "GGUF export skipped" in message
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.partial"))
 
@@ -89,7 +87,7 @@ def test_llama_cpp_opens_each_pretokenizer_the_writer_names(style, pre, tiny_mod
     import gguf
 
     folder = tiny_model_dir if style == "chatml" else tiny_llama3_dir
-    written = gguf_export.write(folder, tmp_path / "tiny.gguf", "f16")
+    written = gguf_write.write(folder, tmp_path / "tiny.gguf", "f16")
     assert gguf.GGUFReader(written.path).fields["tokenizer.ggml.pre"].contents() == pre
     result = llama_cpp_check.compare(folder, written.path, SPLIT_TEXTS)
     assert result["same_ids"] == [True, True], result
@@ -98,9 +96,9 @@ def test_llama_cpp_opens_each_pretokenizer_the_writer_names(style, pre, tiny_mod
 @needs_llama_cpp
 def test_llama_cpp_refuses_the_name_the_writer_used_to_write(tiny_model_dir, tmp_path, monkeypatch):
     """The check fails on the old defect: GPT-2's split named `gpt2` (llama.cpp knows it as `gpt-2`)."""
-    real = gguf_export.vocabulary
-    monkeypatch.setattr(gguf_export, "vocabulary", lambda *a: (*real(*a)[:3], "gpt2"))
-    written = gguf_export.write(tiny_model_dir, tmp_path / "old.gguf", "f16")
+    real = gguf_write.vocabulary
+    monkeypatch.setattr(gguf_write, "vocabulary", lambda *a: (*real(*a)[:3], "gpt2"))
+    written = gguf_write.write(tiny_model_dir, tmp_path / "old.gguf", "f16")
     with pytest.raises(ValueError):
         llama_cpp_check.open_gguf(written.path)
 
@@ -114,7 +112,7 @@ def test_the_bundled_model_names_smollms_split(bundled_dir):
 
 @pytest.mark.parametrize("outtype", ["f32", "q8_0"])
 def test_a_tiny_llama_reads_back_from_gguf(tiny_model_dir, tmp_path, outtype):
-    written = gguf_export.write(tiny_model_dir, tmp_path / "tiny.gguf", outtype)
+    written = gguf_write.write(tiny_model_dir, tmp_path / "tiny.gguf", outtype)
     texts = ["<human>: Say red.\n<bot>: Pip here! red. Happy to help!", "<human>: What is 12 plus 30?\n<bot>:"]
     result = gguf_read_back.compare(tiny_model_dir, written.path, texts)
     assert result["same_ids"] == [True, True]
@@ -128,7 +126,7 @@ def test_what_was_written_is_what_the_file_holds(tiny_model_dir, tmp_path):
     """The table 07 shows comes from the writer; the gguf package reading the file back must agree."""
     import gguf
 
-    written = gguf_export.write(tiny_model_dir, tmp_path / "tiny.gguf", "q8_0")
+    written = gguf_write.write(tiny_model_dir, tmp_path / "tiny.gguf", "q8_0")
     table = written.table()
     reader = gguf.GGUFReader(written.path)
     assert reader.fields["general.architecture"].contents() == table.loc["architecture", "value"] == "llama"
@@ -142,7 +140,7 @@ def test_what_was_written_is_what_the_file_holds(tiny_model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm_tokenizer(bundled_dir):
-    from helpers import model
+    from helpers.model import loading as model
 
     return model.load_tokenizer("bundled:SmolLM2-135M-Instruct")
 
@@ -161,7 +159,8 @@ def hf_render(tokenizer, messages):
 def test_the_modelfile_layout_renders_like_the_chat_template(kind, smollm_tokenizer, tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from helpers.machinery.formats import ensure_chat_template, template_system, with_system
+    from helpers.data.formats import template_system, with_system
+    from helpers.model.loading import ensure_chat_template
 
     if kind == "chatml":
         tokenizer = smollm_tokenizer
@@ -208,7 +207,7 @@ def test_a_write_that_fails_leaves_no_file(tiny_model_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", broken)
     with pytest.raises(OSError, match="No space"):
-        gguf_export.write(tiny_model_dir, tmp_path / "model.gguf", "q8_0")
+        gguf_write.write(tiny_model_dir, tmp_path / "model.gguf", "q8_0")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -287,7 +286,7 @@ def test_the_gguf_ends_where_the_model_learned_to_and_the_modelfile_agrees(llama
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(llama3_chat_dir)
-    written = gguf_export.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
+    written = gguf_write.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
     stored = gguf_meta.stored(written.path)
     assert stored["eot_token_id"] == tokenizer.convert_tokens_to_ids("<|eot_id|>") != stored["eos_token_id"]
     assert stored["chat_template"] == LLAMA3_TEMPLATE and "stored as EOT" in written.facts["end of turn"]
@@ -312,10 +311,10 @@ def test_a_modelfile_that_disagrees_is_refused_naming_how(llama3_chat_dir, tmp_p
         assert not (tmp_path / "Modelfile").exists()
 
     with monkeypatch.context() as m:
-        m.setattr(gguf_export, "turn_end_id", lambda folder, tokens: None)
-        gguf_export.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
+        m.setattr(gguf_write, "turn_end_id", lambda folder, tokens: None)
+        gguf_write.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
     refused(r"trained to end an answer with <\|eot_id\|> .* llama.cpp would not stop there")
-    gguf_export.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
+    gguf_write.write(llama3_chat_dir, tmp_path / "model.gguf", "q8_0")
     with monkeypatch.context() as m:
         m.setattr(ollama, "LLAMA3", replace(ollama.LLAMA3, stops=("<|end_of_text|>",)))
         refused(r"not among the Modelfile's stops \['<\|end_of_text\|>'\]")

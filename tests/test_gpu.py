@@ -1,4 +1,4 @@
-"""On an NVIDIA GPU: the post's path (unsloth, 4-bit) through the same helpers and the runner.
+"""On an NVIDIA GPU: the post's path (unsloth, 4-bit) through the notebooks' cells and the runner.
 Skipped where torch sees no GPU (conftest marks them)."""
 import json
 import subprocess
@@ -7,27 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from helpers import lora, model as models, trainer
-from helpers.params import pick
-from helpers.machinery import merge_check, storage
+from conftest import notebooks
+from fixtures import training
+from helpers.export import merge_check
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.gpu
 
 
-def test_auto_backend_is_unsloth_with_4bit_weights(tiny_params):
+def test_auto_backend_is_unsloth_with_4bit_weights(tiny_values):
     import torch
 
-    params = tiny_params
-    m, tok, info = models.load(params)
-    assert info.backend == "unsloth" and info.device == "cuda"
-    assert info.load_in_4bit is True and m.is_loaded_in_4bit
-    assert info.dtype == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    m, differences = lora.add_lora(m, params, info.backend)
-    assert differences == []
-    kwargs, differences = trainer.training_config(params, Path(params["run_dir"]))
-    assert kwargs["optim"] == "adamw_8bit" and kwargs["bf16"] == torch.cuda.is_bf16_supported()
-    assert differences == []
+    run = notebooks(tiny_values, "01", "02", "04")
+    base = run["01"]["base"]
+    assert base.backend == "unsloth" and base.record["device"] == "cuda"
+    assert base.load_in_4bit is True and run["01"]["model"].is_loaded_in_4bit
+    assert base.record["compute_dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    assert run["02"]["differences"] == []
+    args = run["04"]["args"]
+    assert args.optim == "adamw_8bit" and args.bf16 == torch.cuda.is_bf16_supported()
+    assert run["04"]["differences"] == []
 
 
 def test_smoke_chain_on_gpu(tmp_path, tiny_model_dir):
@@ -48,22 +47,20 @@ def test_smoke_chain_on_gpu(tmp_path, tiny_model_dir):
     assert (tmp_path / "08_chat.ipynb").exists()
 
 
-def test_packing_keeps_samples_apart(tiny_params):
+def test_packing_keeps_samples_apart(tiny_values):
     """Packed (padding-free) rows must give each sample the logits it gets alone: no sample may attend
     to its neighbours. A naive concatenation (no boundary information) is the control that differs."""
     import torch
     from datasets import Dataset
 
-    from helpers import trainer as trainers
-
-    m, tok, info = models.load(tiny_params)
-    m, _ = lora.add_lora(m, tiny_params, info.backend)
+    values = {**tiny_values, "packing": True}
+    ns = training.prepared(values)
+    m, tok, _ = training.lora_model(values["run_dir"])
     lengths = [10, 24, 17]
     gen = torch.Generator().manual_seed(0)
     samples = [torch.randint(5, len(tok), (n,), generator=gen).tolist() for n in lengths]
-    kwargs, _ = trainers.training_config({**tiny_params, "packing": True}, Path(tiny_params["run_dir"]))
-    kwargs.update(max_length=64, per_device_train_batch_size=1, max_steps=1)
-    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": samples}), kwargs)
+    t = training.trainer(values["run_dir"], m, tok, Dataset.from_dict({"input_ids": samples}), max_length=64,
+                         per_device_train_batch_size=1, max_steps=1)
     batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in next(iter(t.get_train_dataloader())).items()}
     assert batch["input_ids"].shape[1] == sum(lengths)  # one packed row, no padding
     model = t.model.eval()
@@ -82,32 +79,27 @@ def test_packing_keeps_samples_apart(tiny_params):
     assert max(errors) < 0.1 * max(controls), (errors, controls)
 
 
-def test_responses_only_labels_reach_the_unsloth_trainer(tiny_params, jsonl):
+def test_responses_only_labels_reach_the_unsloth_trainer(tiny_values, jsonl):
     """unsloth swaps the data collator: the answer-only labels must survive it into the batches (only
     the answers and their end marker unmasked), and training must run on them."""
     import re
 
     import torch
 
-    from helpers import data, train
-    from helpers.machinery import rundir
-
     rows = [{"text": f"<human>: Say {w} twice.\n<bot>: {w} {w}."} for w in ("red", "blue", "green", "cat", "dog")]
-    params = {**tiny_params, "dataset": str(jsonl(rows)), "train_on_responses_only": True, "eval_fraction": 0.2}
-    rundir.resolve(params["run_dir"])
-    prepared = data.prepare(models.load_tokenizer(params["model_name"]), **pick(params, data.prepare))
-    storage.save_split(params["run_dir"], *data.split(prepared.rows, 0.2, seed=1))
-    session = train.setup(params)
-    assert session.info.backend == "unsloth"
-    batch = next(iter(session.trainer.get_train_dataloader()))
+    values = {**tiny_values, "dataset": str(jsonl(rows)), "train_on_responses_only": True, "eval_fraction": 0.2}
+    run = notebooks(values, "01", "02", "03", "04", "05")["05"]
+    assert run["base"].backend == "unsloth"
+    trainer, tokenizer = run["trainer"], run["tokenizer"]
+    batch = next(iter(trainer.get_train_dataloader()))
     labels, ids = batch["labels"], batch["input_ids"]
-    kept = [session.tokenizer.decode(ids[i][labels[i] != -100]) for i in range(len(ids))]
+    kept = [tokenizer.decode(ids[i][labels[i] != -100]) for i in range(len(ids))]
     for k in kept:  # the plain template: "<human>: Say red twice.\n<bot>: red red.<|im_end|>\n"
         answers = [a.strip() for a in k.split("<|im_end|>") if a.strip()]  # padding-free rows hold several
         assert answers and all(re.fullmatch(r"(\w+) \1\.", a) for a in answers), kept
     assert (labels == -100).any() and (labels != -100).any()
-    stats = train.run(session.trainer)
-    assert stats["train_steps"] == params["max_steps"] and torch.isfinite(torch.tensor(stats["train_loss"]))
+    stats = run["m"].stats
+    assert stats["train_steps"] == values["max_steps"] and torch.isfinite(torch.tensor(stats["train_loss"]))
 
 
 # The post's 8B model on a 16 GB card, scaled down: a checkpoint stored in 4-bit whose 16-bit merge is
@@ -126,7 +118,7 @@ def _bf16_gib(shape: dict, vocab: int = 600) -> float:
 
 @pytest.fixture(scope="module")
 def capped_run(tmp_path_factory):
-    """03, 05, 07 and 08 of the smoke config on SMALL_4BIT, every process capped at 80% of the merged
+    """01-05, 07 and 08 of the smoke config on SMALL_4BIT, every process capped at 80% of the merged
     model's size (WORKBOOK_GPU_MEMORY_GIB)."""
     import os
 
@@ -137,8 +129,9 @@ def capped_run(tmp_path_factory):
     cap = round(0.8 * _bf16_gib(SMALL_4BIT), 2)
     run_dir = folder / "run"
     result = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(run_dir),
-                             "-p", "model_name", str(model), "--only", "03", "--only", "05", "--only", "07",
-                             "--only", "08"], cwd=REPO, capture_output=True, text=True, timeout=1200,
+                             "-p", "model_name", str(model), *[a for n in ("01", "02", "03", "04", "05", "07", "08")
+                                                               for a in ("--only", n)]],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200,
                             env={**os.environ, "WORKBOOK_GPU_MEMORY_GIB": str(cap)})
     return model, run_dir, cap, result
 
@@ -171,7 +164,8 @@ def test_07_and_08_stay_under_a_cap_smaller_than_the_merged_model(capped_run):
         q = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
     assert tuple(q.shape) == (2048, 2048) and q.dtype.is_floating_point  # 16-bit weights, not packed nf4
     costs = metrics["notebook_costs"]
-    assert set(costs) == {"03_dataset", "05_train_and_save", "07_export", "08_chat"}
+    assert set(costs) == {"01_load_model", "02_lora", "03_dataset", "04_trainer", "05_train_and_save", "07_export",
+                          "08_chat"}
     assert all(c.get("peak_gpu_gib", 0) <= cap for c in costs.values()), costs
     notebook = (run_dir / "07_export.ipynb").read_text()
     assert "is stored in 4-bit (nf4)" in notebook and "merged_16bit would download" in notebook
@@ -225,11 +219,11 @@ def test_the_merge_check_refuses_wrong_merges_of_a_4bit_base(tmp_path, tiny_preq
 
     result = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(tmp_path),
                              "-p", "model_name", str(tiny_prequantized_dir), "-p", "learning_rate", "0.01",
-                             "-p", "max_steps", "8", "--only", "03", "--only", "05"],
+                             "-p", "max_steps", "8", *[a for n in ("01", "02", "03", "04", "05") for a in ("--only", n)]],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(REPO / "tests" / "merges.py"), str(tmp_path)], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "merges.py"), str(tmp_path), "auto"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     checks = json.loads(out.stdout.split("WRONG_MERGES ", 1)[1])
@@ -255,7 +249,7 @@ def test_the_k_quants_on_the_gpu_are_the_cpus_bytes(name):
     import gguf
     import torch
 
-    from helpers.machinery import gguf_quantize
+    from helpers.export import gguf_quantize
     from test_kquants import values
 
     x = torch.from_numpy(values(4096)).reshape(512, -1)

@@ -1,17 +1,17 @@
 """The imports point one way (function-level imports included: an arrow hidden in a function is still
 an arrow):
 - no module imports, directly or through others, a module that imports it back;
-- `helpers.machinery` (what the steps rest on) imports no step module;
-- a step module imports the machinery, the shared modules (`params`, `generate`) and earlier steps
-  only: 05 may use what 01-04 built, 03 never reaches into 05;
+- the base modules (`params`, `rundir`, `show`) import no domain;
+- a domain imports the base, itself and the domains before it only, in the order of the lessons: the
+  model (01-02), the data (03), the held-out measures (05-06, 08), the training (04-05), the export (07);
 - nothing under `helpers` imports the command-line tools (`tools`) or the test fixtures (`fixtures`)."""
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("helpers", "tools", "fixtures")
-STEPS = {"model": 1, "lora": 2, "data": 3, "trainer": 4, "train": 5, "evaluate": 6, "export": 7, "chat": 8}
-SHARED = {"params", "generate"}  # used by several steps; they import the machinery alone
+DOMAINS = {"model": 1, "data": 2, "evaluation": 3, "training": 4, "export": 5}
+BASE = {"params", "rundir", "show"}  # what every domain rests on
 
 
 def module_name(path: Path) -> str:
@@ -63,17 +63,15 @@ def wrong_way(graph: dict[str, set[str]]) -> list[str]:
     wrong = []
     for module, deps in sorted(graph.items()):
         for dep in sorted(deps):
+            here, there = module.split(".")[1:2], dep.split(".")[1:2]
             if module.startswith("helpers") and dep.split(".")[0] in ("tools", "fixtures"):
                 wrong.append(f"{module} -> {dep} (the package imports no tool or fixture)")
-            elif module.startswith("helpers.machinery") and not dep.startswith("helpers.machinery"):
-                wrong.append(f"{module} -> {dep} (the machinery imports no step)")
-            elif module.count(".") == 1 and module.startswith("helpers.") and dep.count(".") == 1 \
-                    and dep.startswith("helpers."):
-                here, there = module.split(".")[1], dep.split(".")[1]
-                if here in SHARED and there not in SHARED:
-                    wrong.append(f"{module} -> {dep} (a shared module imports no step)")
-                elif here in STEPS and there in STEPS and STEPS[there] >= STEPS[here]:
-                    wrong.append(f"{module} -> {dep} (a step imports earlier steps only)")
+            elif not (module.startswith("helpers.") and dep.startswith("helpers.")):
+                continue
+            elif here[0] in BASE and there[0] not in BASE:
+                wrong.append(f"{module} -> {dep} (a base module imports no domain)")
+            elif here[0] in DOMAINS and there[0] in DOMAINS and DOMAINS[there[0]] > DOMAINS[here[0]]:
+                wrong.append(f"{module} -> {dep} (a domain imports the domains before it only)")
     return wrong
 
 
@@ -83,23 +81,22 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_the_rules_refuse_arrows_the_wrong_way():
-    graph = {"helpers.data": {"helpers.train", "helpers.model", "helpers.machinery.rundir"},
-             "helpers.machinery.rundir": {"helpers.params"}, "helpers.generate": {"helpers.data"},
-             "helpers.export": {"tools.run"}, "helpers.train": {"helpers.data", "helpers.machinery.rundir"},
-             "tools.run": {"helpers.train", "fixtures.synthetic"}}
+    graph = {"helpers.data.rows": {"helpers.training.loop", "helpers.model.loading", "helpers.rundir"},
+             "helpers.rundir": {"helpers.params", "helpers.data.split"}, "helpers.evaluation.loss": {"helpers.data.split"},
+             "helpers.export.merge": {"tools.run"}, "helpers.training.loop": {"helpers.data.split", "helpers.rundir"},
+             "tools.run": {"helpers.training.loop", "fixtures.synthetic"}}
     assert wrong_way(graph) == [
-        "helpers.data -> helpers.train (a step imports earlier steps only)",
-        "helpers.export -> tools.run (the package imports no tool or fixture)",
-        "helpers.generate -> helpers.data (a shared module imports no step)",
-        "helpers.machinery.rundir -> helpers.params (the machinery imports no step)"]
+        "helpers.data.rows -> helpers.training.loop (a domain imports the domains before it only)",
+        "helpers.export.merge -> tools.run (the package imports no tool or fixture)",
+        "helpers.rundir -> helpers.data.split (a base module imports no domain)"]
 
 
 def test_the_graph_sees_the_layout():
     graph = import_graph()
-    assert {"helpers.params", "helpers.machinery.checks", "helpers.model", "tools.run",
+    assert {"helpers.params", "helpers.checks", "helpers.model.loading", "tools.run",
             "fixtures.synthetic"} <= graph.keys()
-    assert "helpers.machinery.rundir" in graph["helpers.params"]
-    assert "helpers.train" in graph["tools.train"] and "helpers.params" in graph["tools.run"]
+    assert "helpers.rundir" in graph["helpers.params"]
+    assert "tools.cells" in graph["tools.train"] and "helpers.params" in graph["tools.run"]
 
 
 def test_imports_point_one_way():

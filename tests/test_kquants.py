@@ -1,4 +1,4 @@
-"""llama.cpp's K-quants written without llama.cpp (helpers.machinery.kquants): read back by the gguf
+"""llama.cpp's K-quants written without llama.cpp (helpers.export.kquants): read back by the gguf
 package's dequantizer, compared block by block with ggml's own quantizer where llama-cpp-python is
 installed (its libggml-base), and the q4_k_m mix compared tensor by tensor with llama.cpp's
 `llama_model_quantize` of the same float32 file."""
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.machinery import gguf_export, gguf_quantize, kquants, llama_cpp_check
+from fixtures import llama_cpp_tools as llama_cpp_check
+from helpers.export import gguf_write, gguf_quantize, kquants
 
 needs_llama_cpp = pytest.mark.skipif(not llama_cpp_check.available(),
                                      reason=f"llama.cpp's Python binding is not installed: {llama_cpp_check.INSTALL}")
@@ -139,8 +140,8 @@ def test_the_mix_is_what_llama_cpp_quantizes(k_shaped_dir, tmp_path, mix):
     """The workbook's file against llama.cpp's own `llama_model_quantize` of the same float32 file: every
     tensor in the same type, at least 99% of the quantized blocks the same bytes, the same error from
     the float32 weights within 1%, the same size; and llama.cpp opens the file."""
-    f32 = gguf_export.write(k_shaped_dir, tmp_path / "f32.gguf", "f32").path
-    mine = gguf_export.write(k_shaped_dir, tmp_path / f"{mix}.gguf", mix).path
+    f32 = gguf_write.write(k_shaped_dir, tmp_path / "f32.gguf", "f32").path
+    mine = gguf_write.write(k_shaped_dir, tmp_path / f"{mix}.gguf", mix).path
     theirs = llama_cpp_check.quantize(f32, tmp_path / f"{mix}-llama-cpp.gguf", mix)
     result = llama_cpp_check.same_blocks(mine, theirs, f32)
     assert result["same_types"] and result["blocks"] > 1000, result

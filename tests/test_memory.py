@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from helpers.machinery.memory import SAFETY, activation_bytes, choose_checkpointing
+from helpers.model.memory import SAFETY, activation_bytes, choose_checkpointing
 
 LLAMA_8B = SimpleNamespace(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                            num_hidden_layers=32, vocab_size=128256)
@@ -37,7 +37,7 @@ def test_explicit_choice_is_kept():
 
 
 def test_gpu_cap_comes_from_the_environment(monkeypatch):
-    from helpers.machinery.memory import CAP_ENV, gpu_cap_bytes
+    from helpers.model.memory import CAP_ENV, gpu_cap_bytes
 
     monkeypatch.delenv(CAP_ENV, raising=False)
     assert gpu_cap_bytes() is None

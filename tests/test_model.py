@@ -1,9 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from helpers import model as models
-from helpers.machinery import machine, weights
+from conftest import notebooks
+
+from helpers.model import loading as models
+from helpers.model import machine, weights
 from helpers.params import DEFAULTS, ParameterError
 
 
@@ -59,18 +62,30 @@ def test_cpu_choices():
     assert machine.choose_attention("auto") == "sdpa"
 
 
-def test_load_on_cpu_reports_what_differs_and_records_backend(tiny_model_dir, tmp_path):
+def test_01_on_cpu_reports_what_differs_and_records_what_loaded(tiny_values):
+    """01's cells: the load call's values for this machine, and the run folder's record that the steps
+    after it load the same model with."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
-    params = {**DEFAULTS, "model_name": str(tiny_model_dir), "run_dir": str(tmp_path)}
-    model, tokenizer, info = models.load(params)
-    assert info.backend == "hf" and info.load_in_4bit is False and info.dtype == "float32"
-    assert [d[0] for d in info.differences] == ["load_in_4bit"]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["backend"] == "hf" and metrics["model_name"] == str(tiny_model_dir)
-    assert models.summary(model, info).loc["backend", "value"] == "hf"
+    ns = notebooks(tiny_values, "01")["01"]
+    assert ns["a"].backend == "hf" and ns["a"].load_in_4bit is False and str(ns["a"].dtype) == "torch.float32"
+    assert [d[0] for d in ns["a"].differences] == ["load_in_4bit"]
+    base = models.base(tiny_values["run_dir"])
+    assert (base.backend, base.model_name, base.load_in_4bit, base.dtype) == ("hf", tiny_values["model_name"], False,
+                                                                             "float32")
+    assert base.arguments == {"dtype": torch.float32, "attn_implementation": "sdpa", "trust_remote_code": False,
+                              "use_safetensors": True}
+    assert (Path(base.tokenizer) / "tokenizer.json").exists()
+    metrics = json.loads((Path(tiny_values["run_dir"]) / "metrics.json").read_text())
+    assert metrics["backend"] == "hf" and metrics["model_name"] == tiny_values["model_name"]
+    assert models.summary(ns["model"], base).loc["backend", "value"] == "hf"
+
+
+def test_later_steps_ask_for_01_first(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run 01_load_model.ipynb with this run_dir first"):
+        models.base(tmp_path)
 
 
 def test_show_tokens_round_trips(bundled_dir):
@@ -89,6 +104,6 @@ def test_python_m_helpers_model_prints_the_converted_folder(bundled_dir):
     from pathlib import Path
 
     env = {**os.environ, "WORKBOOK_CACHE": str(bundled_dir.parent)}
-    out = subprocess.run([sys.executable, "-m", "helpers.model"], env=env, capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, "-m", "helpers.model.loading"], env=env, capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0 and out.stdout.strip() == str(bundled_dir)

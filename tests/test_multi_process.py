@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers.machinery import rundir
+from helpers import rundir
 
 REPO = rundir.REPO_ROOT
 pytestmark = pytest.mark.slow

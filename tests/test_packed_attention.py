@@ -1,4 +1,4 @@
-"""Packed rows through torch's flash varlen kernel (helpers/machinery/packed_attention.py) attend as
+"""Packed rows through torch's flash varlen kernel (helpers/model/packed_attention.py) attend as
 unsloth's per-segment path does: each example only to itself, causally. Checked at unsloth's own call
 site against float32 attention one example at a time, and through a packed training run on the tiny
 model with the route on and off. GPU only: the kernel is CUDA's."""
@@ -15,7 +15,7 @@ def test_routed_kernel_attends_within_each_example_as_unsloth_does():
     import unsloth  # noqa: F401
     from unsloth.utils import attention_dispatch as ad
 
-    from helpers.machinery.packed_attention import route_packed_attention
+    from helpers.model.packed_attention import route_packed_attention
 
     assert route_packed_attention() or ad._TORCH_VARLEN_ATTN is not None
     q, k, v, grad = attention_inputs(LENGTHS, heads=8, kv_heads=2, head_dim=64)
@@ -41,22 +41,21 @@ def test_routed_kernel_attends_within_each_example_as_unsloth_does():
     assert min(leaked) > 10 * max(max(theirs), 1e-3), leaked
 
 
-def test_packed_training_takes_the_route_and_trains_as_without_it(tiny_params):
-    from pathlib import Path
-
+def test_packed_training_takes_the_route_and_trains_as_without_it(tiny_values):
     from datasets import Dataset
     from unsloth.utils import attention_dispatch as ad
 
-    from helpers import lora, model as models, trainer as trainers
+    from fixtures import training
+    from helpers.model import loading
 
-    params = {**tiny_params, "packing": True, "max_steps": 4, "per_device_train_batch_size": 4,
+    values = {**tiny_values, "packing": True, "max_steps": 4, "per_device_train_batch_size": 4,
               "gradient_accumulation_steps": 1}
+    ns = training.prepared(values)
+    assert any(d[0].startswith("attention over packed rows") for d in loading.record(values["run_dir"])["differences"])
     data = Dataset.from_dict({"input_ids": [[5 + (i * 7 + j) % 400 for j in range(8 + (i * 13) % 50)]
                                             for i in range(200)]})
 
     def train(route: bool):
-        m, tok, info = models.load(params)
-        assert any(d[0].startswith("attention over packed rows") for d in info.differences)
         routed, calls = ad._TORCH_VARLEN_ATTN, []
         assert routed is not None and getattr(routed, "from_workbook", False)
 
@@ -66,10 +65,9 @@ def test_packed_training_takes_the_route_and_trains_as_without_it(tiny_params):
 
         ad._TORCH_VARLEN_ATTN = counted if route else None
         try:
-            m, _ = lora.add_lora(m, params, info.backend)
-            kwargs, _ = trainers.training_config(params, Path(params["run_dir"]), m.config)
-            kwargs.update(save_strategy="no", disable_tqdm=True, report_to="none")
-            t = trainers.build(m, tok, data, kwargs)
+            m, tok, _ = training.lora_model(values["run_dir"])
+            t = training.trainer(values["run_dir"], m, tok, data, save_strategy="no", disable_tqdm=True,
+                                 report_to="none")
             t.train()
         finally:
             ad._TORCH_VARLEN_ATTN = routed

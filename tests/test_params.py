@@ -9,6 +9,7 @@ import pytest
 from helpers import params
 from tools import param_docs
 from helpers.params import DEFAULTS, ParameterError
+from tools.config import load as load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,20 +58,20 @@ def test_int_accepted_for_float_parameter():
 
 def test_load_config_errors_name_the_file(tmp_path):
     with pytest.raises(ParameterError, match="does not exist"):
-        params.load_config(tmp_path / "missing.yaml")
+        load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a\n- b\n")
     with pytest.raises(ParameterError, match=f"{bad}.*must be a mapping"):
-        params.load_config(bad)
+        load_config(bad)
     typo = tmp_path / "typo.yaml"
     typo.write_text("learning_rat: 0.1\n")
     with pytest.raises(ParameterError, match=f"{typo}.*Did you mean 'learning_rate'"):
-        params.load_config(typo)
+        load_config(typo)
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(config):
-    assert params.load_config(config)
+    assert load_config(config)
 
 
 def _parameters_cell(path):
@@ -91,7 +92,7 @@ def test_notebook_parameters_match_the_table(step, name):
 
 
 def test_default_config_matches_notebook_defaults():
-    config = params.load_config(REPO / "configs" / "default.yaml")
+    config = load_config(REPO / "configs" / "default.yaml")
     assert {k: DEFAULTS[k] for k in config} == config
 
 
@@ -115,27 +116,12 @@ def test_parameter_document_is_rewritten_between_its_markers(tmp_path, monkeypat
         param_docs.main([])
 
 
-def test_pick_takes_a_step_functions_parameters_by_name():
-    from helpers import data
-
-    picked = params.pick({**DEFAULTS, "run_dir": "r", "unrelated": 1}, data.prepare)
-    assert picked["dataset"] == DEFAULTS["dataset"] and picked["run_dir"] == "r" and "unrelated" not in picked
-    assert set(picked) == {"run_dir", "dataset", "dataset_format", "dataset_split", "dataset_config",
-                           "dataset_text_field", "max_rows", "system_message", "max_seq_length",
-                           "train_on_responses_only", "on_bad_rows", "on_long_rows", "eval_fraction"}
-    from helpers import model
-
-    assert "progress_bar" not in params.pick(DEFAULTS, model.load_arguments)  # an option, not a parameter
-    with pytest.raises(params.ParameterError, match=r"prepare needs the parameters \['dataset'\]"):
-        params.pick({k: v for k, v in DEFAULTS.items() if k != "dataset"}, data.prepare)
-
-
-# Calls that get the whole parameter dict: they rebuild a step from the run folder (its model, LoRA,
-# rows, trainer), or keep the run's record of what the ids and checkpoints were made with. Every
-# other helper call in a notebook names the values it uses.
-TAKE_THE_RUN = {"params.settle", "models.load", "lora.save_config", "storage.save_split", "storage.load_split",
-                "trainer.arguments", "trainer.save_config", "train.setup", "train.measured", "train.record",
-                "evaluate.load_finetuned", "export.merge_and_save", "chat.load"}
+# Calls that get the whole parameter dict: they check a step's parameters together and choose this
+# machine's values from them (for_this_machine, checkpointing), or keep the run's record (the data report,
+# the split's meta, the training's resume point). Every other helper call in a notebook names the values
+# it uses.
+TAKE_THE_RUN = {"params.settle", "lora.for_this_machine", "lora.checkpointing", "arguments.for_this_machine",
+                "reports.Report.start", "split.save", "loop.measured"}
 
 
 def calls_given_the_whole_dict(code: str) -> set[str]:
@@ -165,7 +151,7 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     config = tmp_path / "twice.yaml"
     config.write_text("max_steps: 3\nlearning_rate: 0.001\nmax_steps: 5\n")
     with pytest.raises(ParameterError, match=rf"{config}, line 3: 'max_steps' is given twice \(lines 1 and 3\)"):
-        params.load_config(config)
+        load_config(config)
 
 
 def test_a_config_that_is_not_utf8_names_the_line_and_the_likely_encoding(tmp_path):
@@ -173,6 +159,6 @@ def test_a_config_that_is_not_utf8_names_the_line_and_the_likely_encoding(tmp_pa
     config.write_bytes(b"max_steps: 3\nsystem_message: 'Pip, caf\xe9 owner'\n")
     with pytest.raises(ParameterError, match=rf"{config}, line 2: byte 0xe9 is not UTF-8; it reads as "
                                              r"Windows-1252 \(.*café owner.*\): convert the file with iconv"):
-        params.load_config(config)
+        load_config(config)
     with pytest.raises(ParameterError, match="is a folder"):
-        params.load_config(tmp_path)
+        load_config(tmp_path)

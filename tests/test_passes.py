@@ -6,15 +6,14 @@ bf16 on a GPU). The control is the defect regrouping must not bring: a loss that
 (then averaged over the passes) instead of the step's sum over its answer tokens divided by their count,
 which weighs a short row's tokens more when it shares a pass with fewer tokens."""
 import random
-from pathlib import Path
 
 import pytest
 
-from helpers import lora, model as models, trainer as trainers
-from helpers.machinery import memory
-from helpers.machinery.errors import ParameterError
-from helpers.machinery.checks import check_combinations
-from helpers.params import DEFAULTS
+from fixtures import training
+from tools.preflight import check_combinations
+from helpers.model import memory
+from helpers.params import DEFAULTS, ParameterError
+from helpers.training import arguments
 
 GIB = 2**30
 
@@ -28,17 +27,18 @@ def rows(n: int = 80, seed: int = 0) -> list[list[int]]:
     return [short() if rng.random() < 0.5 else long() for _ in range(n)]
 
 
-def train(params: dict, data, per_pass_mean: bool = False):
-    """Per-step losses, the LoRA weights after training, and the passes the trainer ran. `per_pass_mean`:
-    each pass's loss is its own tokens' mean (the defect)."""
+def train(values: dict, data, per_pass_mean: bool = False):
+    """Per-step losses, the LoRA weights after training, and the passes the trainer ran, for 02's LoRA and
+    04's SFTConfig made by the notebooks with `values`. `per_pass_mean`: each pass's loss is its own
+    tokens' mean (the defect)."""
     from datasets import Dataset
 
-    m, tok, info = models.load(params)
-    m, _ = lora.add_lora(m, params, info.backend)
+    ns = training.prepared(values)
+    m, tok, _ = training.lora_model(values["run_dir"])
     before = {k: v.detach().float().clone() for k, v in m.named_parameters() if "lora_" in k}
-    kwargs, differences = trainers.training_config(params, Path(params["run_dir"]), m.config)
-    kwargs.update(save_strategy="no", disable_tqdm=True, report_to="none")
-    t = trainers.build(m, tok, Dataset.from_dict({"input_ids": data}), kwargs)
+    kwargs, differences = ns["args"].to_dict(), ns["differences"]
+    t = training.trainer(values["run_dir"], m, tok, Dataset.from_dict({"input_ids": data}), save_strategy="no",
+                         disable_tqdm=True, report_to="none")
     passes = []
     step = t.training_step
 
@@ -64,12 +64,12 @@ def gap(a: dict, b: dict) -> float:
     return (num / den) ** 0.5
 
 
-def compare(tiny_params, loss_tol: float, adapter_tol: float):
-    post = {**tiny_params, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "max_steps": 4,
+def compare(tiny_values, loss_tol: float, adapter_tol: float):
+    post = {**tiny_values, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "max_steps": 4,
             "learning_rate": 5e-3}
     data = rows()
     losses_a, update_a, passes_a, _, _ = train(post, data)
-    one_pass = {**post, "rows_per_pass": 8}
+    one_pass = {**post, "rows_per_pass": 8, "run_dir": post["run_dir"] + "-one-pass"}
     losses_b, update_b, passes_b, kwargs, differences = train(one_pass, data)
     assert passes_a == [2] * 16 and kwargs["per_device_train_batch_size"] == 8
     assert passes_b == [8] * 4  # one pass a step
@@ -78,7 +78,7 @@ def compare(tiny_params, loss_tol: float, adapter_tol: float):
     assert relative < loss_tol, (losses_a, losses_b)
     assert gap(update_a, update_b) < adapter_tol
     # the control: the post's passes with each pass's mean loss are no longer the one pass of 8
-    losses_c, update_c, _, _, _ = train(post, data, per_pass_mean=True)
+    losses_c, update_c, _, _, _ = train({**post, "run_dir": post["run_dir"] + "-control"}, data, per_pass_mean=True)
     control = max(abs(b - c) / abs(b) for b, c in zip(losses_b, losses_c)), gap(update_b, update_c)
     print(f"same rows: loss {relative:.2e}, adapter {gap(update_a, update_b):.2e}; per-pass mean: "
           f"loss {control[0]:.2e}, adapter {control[1]:.2e}")
@@ -86,19 +86,19 @@ def compare(tiny_params, loss_tol: float, adapter_tol: float):
     return relative, gap(update_a, update_b)
 
 
-def test_one_pass_of_eight_rows_trains_as_four_passes_of_two(tiny_params):
+def test_one_pass_of_eight_rows_trains_as_four_passes_of_two(tiny_values):
     """On a CPU, in float32, through transformers."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("the GPU test below covers the unsloth path")
-    compare(tiny_params, loss_tol=1e-5, adapter_tol=1e-3)
+    compare(tiny_values, loss_tol=1e-5, adapter_tol=1e-3)
 
 
 @pytest.mark.gpu
-def test_one_pass_of_eight_rows_trains_as_four_passes_of_two_on_the_gpu(tiny_params):
+def test_one_pass_of_eight_rows_trains_as_four_passes_of_two_on_the_gpu(tiny_values):
     """On the unsloth backend in bf16."""
-    compare(tiny_params, loss_tol=2e-3, adapter_tol=5e-2)
+    compare(tiny_values, loss_tol=2e-3, adapter_tol=5e-2)
 
 
 def test_rows_per_pass_must_divide_the_rows_of_a_step():
@@ -114,8 +114,8 @@ def test_auto_on_a_cpu_keeps_the_posts_passes_and_says_why(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
-    kwargs, differences = trainers.training_config({**DEFAULTS, "rows_per_pass": "auto"}, tmp_path)
-    assert (kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"]) == (2, 4)
+    a, differences = arguments.for_this_machine({**DEFAULTS, "rows_per_pass": "auto", "run_dir": str(tmp_path)})
+    assert (a.per_device_train_batch_size, a.gradient_accumulation_steps) == (2, 4)
     (why,) = [d for d in differences if d[0] == "rows a pass x passes a step"]
     assert why[2] == "2 x 4 (the post's)" and "no GPU" in why[3]
 

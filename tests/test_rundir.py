@@ -1,7 +1,9 @@
 import json
 import math
 
-from helpers.machinery import rundir
+from helpers import rundir
+from tools.kernels import pythonpath_with_repo
+from tools.run import progress_line
 
 
 def test_relative_run_dir_counts_from_repo_root(monkeypatch, tmp_path):
@@ -53,17 +55,17 @@ def test_find_file_tries_cwd_then_repo_root(monkeypatch, tmp_path):
 
 
 def test_progress_lines_read_like_a_person_would_write_them():
-    from helpers.machinery import progress
+    from helpers.training import progress
 
-    assert progress.line({"step": 30, "of": 120, "loss": 1.23456, "left_s": 130}) == \
+    assert progress_line({"step": 30, "of": 120, "loss": 1.23456, "left_s": 130}) == \
         "step 30/120, loss 1.2346, about 2 min 10 s left"
-    assert progress.line({"step": 1, "of": 4, "loss": None, "left_s": None}) == "step 1/4"
-    assert progress.line({"rows": 4096, "of": 210289, "what": "rows checked and tokenized"}) == \
+    assert progress_line({"step": 1, "of": 4, "loss": None, "left_s": None}) == "step 1/4"
+    assert progress_line({"rows": 4096, "of": 210289, "what": "rows checked and tokenized"}) == \
         "4,096/210,289 rows checked and tokenized"
 
 
 def test_progress_is_written_only_under_the_runner(tmp_path, monkeypatch):
-    from helpers.machinery import progress
+    from helpers.training import progress
 
     monkeypatch.delenv(progress.ENV, raising=False)
     progress.note(force=True, step=1, of=2)
@@ -77,6 +79,6 @@ def test_kernels_find_this_checkout_first_on_pythonpath():
     import os
 
     repo = str(rundir.REPO_ROOT)
-    assert rundir.pythonpath_with_repo(None) == repo
-    assert rundir.pythonpath_with_repo(f"/a{os.pathsep}{repo}{os.pathsep}/b").split(os.pathsep) == [repo, "/a", "/b"]
-    assert rundir.pythonpath_with_repo(f"{os.pathsep}/a").split(os.pathsep) == [repo, "/a"]
+    assert pythonpath_with_repo(None) == repo
+    assert pythonpath_with_repo(f"/a{os.pathsep}{repo}{os.pathsep}/b").split(os.pathsep) == [repo, "/a", "/b"]
+    assert pythonpath_with_repo(f"{os.pathsep}/a").split(os.pathsep) == [repo, "/a"]

@@ -1,7 +1,11 @@
+"""Step 4: SFTConfig's values for this machine, and the SFTConfig that 04 saves for step 5."""
+import json
+
 import pytest
 
-from helpers import trainer
+from conftest import notebooks
 from helpers.params import DEFAULTS
+from helpers.training import arguments
 
 
 def test_cpu_config_replaces_gpu_only_choices(tmp_path):
@@ -9,12 +13,13 @@ def test_cpu_config_replaces_gpu_only_choices(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("CPU behaviour")
-    kwargs, differences = trainer.training_config(DEFAULTS, tmp_path)
+    a, differences = arguments.for_this_machine({**DEFAULTS, "run_dir": str(tmp_path)})
+    kwargs = a.kwargs
     assert kwargs["optim"] == "adamw_torch" and kwargs["use_cpu"] is True
     assert kwargs["bf16"] is False and kwargs["fp16"] is False
     assert kwargs["gradient_checkpointing"] is False
     assert {d[0] for d in differences} == {"optim", "precision", "loss_type"}
-    for name in trainer.SEED_ARGUMENTS:
+    for name in arguments.SEED_ARGUMENTS:
         if name != "optim":
             assert kwargs[name] == DEFAULTS[name]
     from trl import SFTConfig
@@ -22,15 +27,55 @@ def test_cpu_config_replaces_gpu_only_choices(tmp_path):
     SFTConfig(**kwargs)  # TRL accepts every argument
 
 
+def test_04_saves_exactly_its_sftconfig(tiny_values):
+    """What step 5 rebuilds with SFTConfig(**saved) is the object 04 built: every argument, none of the
+    hub token that to_dict would mask."""
+    from trl import SFTConfig
+
+    built = notebooks(tiny_values, "04")["04"]["args"]
+    saved = json.loads((arguments.Path(tiny_values["run_dir"]) / arguments.FILE).read_text())
+    assert SFTConfig(**saved).to_dict() == built.to_dict()
+    assert "hub_token" not in saved and saved["max_steps"] == 8 and saved["learning_rate"] == 1e-2
+
+
+def test_a_hub_token_never_lands_in_the_run_folder(tmp_path):
+    from trl import SFTConfig
+
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, hub_token="hf_secret123")
+    path = arguments.save(args, tmp_path)
+    assert "hf_secret123" not in path.read_text() and "hub_token" not in json.loads(path.read_text())
+
+
+def test_keys_that_to_dict_adds_beyond_the_fields_are_not_saved(tmp_path):
+    """unsloth patches TrainingArguments.to_dict to add `push_to_hub_token` (None), which is no field of
+    SFTConfig: 04 stopped with an AttributeError on the GPU before save kept to the fields."""
+    from trl import SFTConfig
+
+    class Patched(SFTConfig):
+        def to_dict(self):
+            return {**super().to_dict(), "push_to_hub_token": None}
+
+    args = Patched(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=3)
+    saved = json.loads(arguments.save(args, tmp_path).read_text())
+    assert "push_to_hub_token" not in saved and Patched(**saved).to_dict() == args.to_dict()
+
+
+def test_step_4_checks_its_own_parameters(tiny_values):
+    from helpers.params import ParameterError
+
+    with pytest.raises(ParameterError, match="'warmup_steps' = 20 is more than max_steps = 8"):
+        notebooks({**tiny_values, "warmup_steps": 20}, "04")
+
+
 def test_effective_batch_size():
-    assert trainer.effective_batch_size({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}) == 8
-    assert trainer.effective_batch_size({"per_device_train_batch_size": 2,
-                                         "gradient_accumulation_steps": 4}, world_size=2) == 16
+    assert arguments.effective_batch_size({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}) == 8
+    assert arguments.effective_batch_size({"per_device_train_batch_size": 2,
+                                           "gradient_accumulation_steps": 4}, world_size=2) == 16
 
 
 def test_linear_schedule_warms_up_then_decays():
     kwargs = {"learning_rate": 1e-3, "warmup_steps": 4, "max_steps": 20, "lr_scheduler_type": "linear"}
-    rates = trainer.lr_schedule(kwargs)
+    rates = arguments.lr_schedule(kwargs)
     assert len(rates) == 20
     assert rates[0] == 0.0 and rates[4] == pytest.approx(1e-3)
     assert rates[:5] == sorted(rates[:5]) and rates[4:] == sorted(rates[4:], reverse=True)
@@ -38,8 +83,7 @@ def test_linear_schedule_warms_up_then_decays():
 
 
 def test_config_table_shows_effective_batch(tmp_path):
-    kwargs, _ = trainer.training_config(DEFAULTS, tmp_path)
-    table = trainer.config_table(kwargs)
+    a, _ = arguments.for_this_machine({**DEFAULTS, "run_dir": str(tmp_path)})
+    table = arguments.table(a.kwargs)
     assert table.loc["effective batch size", "value"] == 8
     assert table.loc["samples seen in training", "value"] == 8 * DEFAULTS["max_steps"]
-

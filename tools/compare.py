@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers.machinery import rundir
+from helpers import rundir
 
 COLUMNS = [("train_loss", "train loss"), ("eval_loss_base", "held-out loss before"),
            ("eval_loss_finetuned", "held-out loss after"), ("perplexity_finetuned", "perplexity after"),
@@ -70,7 +70,7 @@ def markdown(runs: list[dict]) -> str:
 
 
 def plot(runs: list[dict], path=None):
-    from helpers.machinery import plots
+    from helpers import show as plots
 
     names = varied(runs)
     fig, ax = plots.new_figure()

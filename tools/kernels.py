@@ -13,8 +13,11 @@ transformers' model classes, so it gets a plain kernel, and the next notebook an
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
+
+from helpers import rundir
 
 # Before each notebook in a shared kernel: an empty namespace, figures closed, GPU cache released, and the
 # peak-memory counters reset, so that each notebook's figures are its own.
@@ -28,14 +31,11 @@ _gc.collect()
 if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
     _sys.modules["torch"].cuda.empty_cache()
     _sys.modules["torch"].cuda.reset_peak_memory_stats()
-if "helpers.model" in _sys.modules:
-    _sys.modules["helpers.model"].LOAD_SECONDS.clear()
 """
-# After each notebook: what it cost in model loading and memory.
+# After each notebook: what it cost in memory.
 COSTS = """
 import json as _json, resource as _resource, sys as _sys
-_c = {"peak_rss_gib": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 2**20,
-      "load_s": sum(_sys.modules["helpers.model"].LOAD_SECONDS) if "helpers.model" in _sys.modules else 0.0}
+_c = {"peak_rss_gib": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 2**20}
 if "torch" in _sys.modules and _sys.modules["torch"].cuda.is_available():
     _c["peak_gpu_gib"] = _sys.modules["torch"].cuda.max_memory_reserved() / 2**30
 print("WORKBOOK_RESULT " + _json.dumps(_c))
@@ -46,7 +46,14 @@ print("WORKBOOK_RESULT " + _json.dumps(_c))
 WARM = {"unsloth": "import unsloth\n",
         "plain": "import importlib.util, torch\nif torch.cuda.is_available():\n    torch.cuda.init()\n"
                  "    if importlib.util.find_spec('bitsandbytes'):\n        import bitsandbytes\n"}
-WARM_COMMON = "import torch, transformers, peft, pandas, matplotlib.pyplot\nimport helpers.model, helpers.params\n"
+WARM_COMMON = "import torch, transformers, peft, pandas, matplotlib.pyplot\nimport helpers.model.loading, helpers.params\n"
+
+
+def pythonpath_with_repo(pythonpath: str | None) -> str:
+    """PYTHONPATH for a kernel: this checkout first, so that its `helpers` is the one imported (kernels
+    start in notebooks/, and the repository need not be an installed package), then the rest."""
+    paths = [p for p in (pythonpath or "").split(os.pathsep) if p and p != str(rundir.REPO_ROOT)]
+    return os.pathsep.join([str(rundir.REPO_ROOT), *paths])
 
 
 def wants_unpatched(notebook: Path) -> bool:

@@ -22,7 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers.machinery.rundir import REPO_ROOT, pythonpath_with_repo
+from helpers.rundir import REPO_ROOT
+from tools.kernels import pythonpath_with_repo
 
 READY_TIMEOUT_S = 120
 

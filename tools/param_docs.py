@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from helpers.machinery import rundir
+from helpers import rundir
 from helpers.params import PARAMS, STEPS
 
 

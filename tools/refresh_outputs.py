@@ -5,14 +5,31 @@
                           run folder that an earlier refresh left)
 
 The stored outputs are what nbval compares (`# NBVAL_CHECK_OUTPUT` cells) and what readers see on
-GitHub before running anything, so they must come from the default config.
+GitHub before running anything, so they must come from the default config and from the code as it is:
+each notebook keeps in its metadata (`workbook.code_hash`) a digest of the code it ran, its own cells
+and the `helpers` package, which tests/test_lessons.py recomputes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
+from pathlib import Path
 
+from helpers import rundir
 from tools.run import NOTEBOOK_DIR, select
+
+
+def code_hash(path: Path) -> str:
+    """A digest of what running `path` executes: its code cells, and every module of `helpers`."""
+    h = hashlib.sha256()
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    for source in ("".join(c["source"]) for c in cells if c["cell_type"] == "code"):
+        h.update(source.encode() + b"\0")
+    for module in sorted((rundir.REPO_ROOT / "helpers").rglob("*.py")):
+        h.update(str(module.relative_to(rundir.REPO_ROOT)).encode() + b"\0" + module.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                        resources={"metadata": {"path": str(NOTEBOOK_DIR)}}).execute()
         for cell in nb.cells:  # execution timestamps only make diffs noisy
             cell.get("metadata", {}).pop("execution", None)
+        nb.metadata.setdefault("workbook", {})["code_hash"] = code_hash(path)
         nbformat.write(nb, path)
         print(f"ok ({time.perf_counter() - start:.0f} s)")
     return 0

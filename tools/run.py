@@ -14,9 +14,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers import params as P
-from helpers.machinery import rundir
-from tools.kernels import Kernels, how_it_ended
+from helpers import params, rundir
+from helpers.data.tokenizing import CHARS_PER_TOKEN
+from tools import config
+from tools.kernels import Kernels, how_it_ended, pythonpath_with_repo
 
 NOTEBOOK_DIR = rundir.REPO_ROOT / "notebooks"
 
@@ -67,7 +68,7 @@ def select(only: list[str]) -> list[Path]:
     chosen = [nb for nb in found if nb.name[:2] in {o.zfill(2) for o in only}]
     unknown = sorted({o.zfill(2) for o in only} - {nb.name[:2] for nb in chosen})
     if unknown:
-        raise P.ParameterError(f"--only {', '.join(unknown)}: no such notebook; there are "
+        raise params.ParameterError(f"--only {', '.join(unknown)}: no such notebook; there are "
                                f"{', '.join(nb.name[:2] for nb in found)}.")
     return chosen
 
@@ -92,15 +93,37 @@ def failed_cell(notebook_path: Path, kernel_died: bool = False) -> str:
     return f"code cell {picked[0] + 1} ({lines[0][:60] if lines else ''})"
 
 
+# Parameters of steps 1-4 that their results in the run folder do not depend on: step 5 applies them itself.
+APPLIED_IN_05 = {"use_gradient_checkpointing"}
+
+
+def refuse_changes_not_run(saved: dict, merged: dict, chosen: list[Path]) -> None:
+    """A parameter of steps 1-4 that differs from the run folder's, where its step does not run: what that
+    step left in the run folder (the model's record, the LoRA, the rows, the SFTConfig) was built with
+    the old value, and step 5 trains what it finds there, so the change would not reach training."""
+    run = {nb.name[:2] for nb in chosen}
+    changed = [name for name, value in merged.items() if name in saved and saved[name] != value
+               and params.BY_NAME[name].step in ("01", "02", "03", "04") and params.BY_NAME[name].step not in run
+               and name not in APPLIED_IN_05 and name != "run_dir"]
+    if changed:
+        steps = sorted({params.BY_NAME[name].step for name in changed})
+        listed = ", ".join(f"{name} ({saved[name]!r} in the run folder, {merged[name]!r} now; {params.STEPS[params.BY_NAME[name].step]})"
+                           for name in changed)
+        raise params.ParameterError(f"{listed}: the run folder's results of those steps were made with the old value, and "
+                               f"the notebooks after them use those results, so the change would not reach training. "
+                               f"Run {' and '.join(params.STEPS[s] for s in steps)} too (--only {' --only '.join(steps)}), "
+                               f"or use another --run-dir.")
+
+
 def prepare_environment(run_dir: Path) -> None:
     """What every kernel of the run inherits: where to report progress, and where `helpers` is (kernels
     start in notebooks/, and the repository need not be an installed package)."""
     import os
 
-    from helpers.machinery import progress
+    from helpers.training import progress
 
     os.environ[progress.ENV] = str(run_dir)
-    os.environ["PYTHONPATH"] = rundir.pythonpath_with_repo(os.environ.get("PYTHONPATH"))
+    os.environ["PYTHONPATH"] = pythonpath_with_repo(os.environ.get("PYTHONPATH"))
 
 
 def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels: Kernels | None = None) -> dict:
@@ -184,9 +207,9 @@ def disk_hint(message: str, run_dir: Path) -> str:
 
 def uses_unsloth(values: dict) -> bool:
     """Whether the run's model steps take the unsloth backend on this machine."""
-    from helpers.machinery.machine import choose_backend
+    from helpers.model.machine import choose_backend
 
-    return choose_backend({**P.DEFAULTS, **values}["backend"]) == "unsloth"
+    return choose_backend({**params.DEFAULTS, **values}["backend"]) == "unsloth"
 
 
 def _gpu_text(cost: dict) -> str:
@@ -224,7 +247,7 @@ class ProgressWatcher:
         return {"peak_gpu_used_gib": self.peak_used} if self.peak_used is not None else {}
 
     def _watch(self) -> None:
-        from helpers.machinery import progress
+        from helpers.training import progress
 
         shown, last_print = None, 0.0
         while not self.stopping.wait(0.5):
@@ -232,7 +255,7 @@ class ProgressWatcher:
             record = rundir.read_json(self.path, default=None) if self.path.exists() else None
             if record and record != shown and time.time() - last_print >= self.PRINT_EVERY_S:
                 shown, last_print = record, time.time()
-                self.log(f"    {self.name}: {progress.line(record)}", flush=True)
+                self.log(f"    {self.name}: {progress_line(record)}", flush=True)
 
     def _sample_gpu(self) -> None:
         import subprocess
@@ -250,11 +273,41 @@ def show_data_report(run_dir: Path, nb: Path, since: float, log) -> None:
     """After the dataset step: what was read, kept, dropped (from this run's data_report.json)."""
     path = run_dir / "data_report.json"
     if nb.name.startswith("03_") and path.exists() and path.stat().st_mtime >= since - 1:
-        report = rundir.read_json(path)
-        from helpers.machinery.data_report import report_lines
-
-        for line in report_lines(report):
+        for line in report_lines(rundir.read_json(path)):
             log(f"    {line}")
+
+
+def report_lines(report: dict) -> list[str]:
+    """The dataset step's report as plain lines, for the console (from data_report.json)."""
+    lines = [f"data: {report['source']} ({report.get('format')}): read {report['rows_read']}, "
+             f"kept {report['kept']}, truncated {report['truncated']}"]
+    if report.get("cut_before_tokenizing"):
+        lines += [f"  cut before tokenizing {report['cut_before_tokenizing']}: over {CHARS_PER_TOKEN} characters a token"]
+    lines += [f"  dropped {n}: {reason}" for reason, n in report.get("dropped", {}).items()]
+    lines += [f"  fixed {n}: {what}" for what, n in report.get("fixes", {}).items()]
+    lines += [f"  warning: {text}" for text in report.get("warnings", [])]
+    lines += [f"  {p['where']}: {p['reason']} ({p['detail']})" for p in report.get("problems", [])[:5]]
+    return lines
+
+
+
+def progress_line(fields: dict) -> str:
+    """One readable line of a progress record."""
+    if "step" in fields:
+        text = f"step {fields['step']}/{fields['of']}"
+        if fields.get("loss") is not None:
+            text += f", loss {fields['loss']:.4f}"
+        if (fields.get("left_s") or 0) >= 1:
+            text += f", about {_duration(fields['left_s'])} left"
+        return text
+    if "rows" in fields:
+        return f"{fields['rows']:,}/{fields['of']:,} {fields.get('what', 'rows')}"
+    return fields.get("what", "")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 class RunFailed(RuntimeError):
@@ -275,11 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     kernels = None
     try:
-        values = P.load_config(args.config)
+        values = config.load(args.config)
         overrides = {name: parse_value(value) for name, value in args.parameter}
-        P.check(overrides)
+        params.check(overrides)
         values.update(overrides)
-        from helpers.machinery.checks import check_combinations
+        from tools.preflight import check_combinations
 
         chosen = select(args.only)
         run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
@@ -288,18 +341,19 @@ def main(argv: list[str] | None = None) -> int:
         prepare_environment(run_dir)
         kernels = Kernels(args.kernel, uses_unsloth(values), NOTEBOOK_DIR)
         kernels.start(kernels.flavour_for(chosen[0]), background=True)
-        # what the notebooks' settle() will merge, checked once here; saved, so they need not check again
+        # what the notebooks' settle() will merge, checked once here and saved
         saved = rundir.read_json(run_dir / "params.json", default={})
-        merged = {**P.DEFAULTS, **{k: v for k, v in saved.items() if k in P.BY_NAME}, **values}
+        merged = {**params.DEFAULTS, **{k: v for k, v in saved.items() if k in params.BY_NAME}, **values}
         check_combinations(merged)
+        refuse_changes_not_run(saved, merged, chosen)
         rundir.write_json(run_dir / "params.json", merged)
         print(f"run folder: {run_dir}", flush=True)
         execute(run_dir, values, chosen, log=print, kernels=kernels)
-    except (P.ParameterError, RunFailed) as e:
+    except (params.ParameterError, RunFailed) as e:
         if kernels is not None:
             kernels.shutdown()
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, P.ParameterError) else 1
+        return 2 if isinstance(e, params.ParameterError) else 1
     metrics = rundir.read_json(run_dir / "metrics.json", default={})
     summary = {k: metrics[k] for k in ("backend", "train_loss", "eval_loss_base", "eval_loss_finetuned",
                                        "train_runtime_s", "tokens_per_s") if k in metrics}

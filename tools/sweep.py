@@ -20,10 +20,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from helpers import params as P
-from helpers.machinery import rundir
-from tools import compare
-from tools import run as runner
+from helpers import params, rundir
+from tools import compare, config, run as runner
 
 TRAINING = ["01", "02", "03", "04", "05"]
 
@@ -35,12 +33,12 @@ def parse_values(name: str, text: str) -> list:
     try:
         values = runner.numbers(yaml.safe_load(f"[{text}]"))
     except yaml.YAMLError as e:
-        raise P.ParameterError(f"-p {name} {text!r}: not a comma-separated list of values ({e}).") from None
+        raise params.ParameterError(f"-p {name} {text!r}: not a comma-separated list of values ({e}).") from None
     if not values:
-        raise P.ParameterError(f"-p {name}: no values given.")
-    P.check_names([name])
+        raise params.ParameterError(f"-p {name}: no values given.")
+    params.check_names([name])
     for value in values:
-        P.check_value(name, value)
+        params.check_value(name, value)
     return values
 
 
@@ -75,16 +73,16 @@ def main(argv=None) -> int:
     ap.add_argument("--index", type=int, help="run only combination N (1-based, as --list numbers them)")
     args = ap.parse_args(argv)
     try:
-        P.load_config(args.config)
+        config.load(args.config)
         grid = {name: parse_values(name, text) for name, text in args.parameter}
         if not grid:
-            raise P.ParameterError("Nothing to sweep: give at least one -p NAME VALUES.")
+            raise params.ParameterError("Nothing to sweep: give at least one -p NAME VALUES.")
         combos = combinations(grid)
         if args.index is not None and not 1 <= args.index <= len(combos):
-            raise P.ParameterError(f"--index {args.index}: there are {len(combos)} combinations (1-{len(combos)}).")
+            raise params.ParameterError(f"--index {args.index}: there are {len(combos)} combinations (1-{len(combos)}).")
         only = args.only or TRAINING
         runner.select(only)
-    except P.ParameterError as e:
+    except params.ParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

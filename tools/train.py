@@ -1,27 +1,28 @@
-"""Training without notebooks, e.g. on several GPUs (one process each):
+"""Steps 1-5 without notebook kernels, e.g. on several GPUs (one process each):
 
     python -m tools.train CONFIG.yaml [--run-dir DIR] [-p NAME VALUE]...
     accelerate launch --num_processes 2 --multi_gpu -m tools.train CONFIG.yaml ...   (make train-multi)
 
-It does what notebooks 03 and 05 do (prepares the data if the run folder has none, trains with the
-same Session, saves adapter, log and metrics) with the same crash safety.
+It runs the notebooks' own cells in this process (tools.cells): the main process runs 01-04, which leave
+in the run folder what step 5 loads (the model's record, the LoRA, the rows, the SFTConfig); then every
+process runs 05, whose trainer gives each process rows of its own, and the main process writes the run
+folder as the notebook does (adapter, log, metrics, and rows_trained.json under several processes), with
+the same crash safety. 06-08 run on the result as usual (`python -m tools.run CONFIG --only 06 ...`).
 """
 from __future__ import annotations
 
-import math
+import gc
+import sys
 from pathlib import Path
 
-from helpers.machinery import rundir, storage
-from helpers.train import Session, run, save_adapter, save_log_history
+from helpers import params, rundir
+from tools import cells, config, preflight
 
 
 def main(argv=None) -> int:
     import argparse
-    import sys
 
-    from helpers import data, params as P
-    from helpers.machinery import checkpoints, checks
-    from helpers import model as models
+    from helpers.training import checkpoints
     from tools import run as runner
 
     ap = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__,
@@ -31,15 +32,12 @@ def main(argv=None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
     try:
-        values = P.load_config(args.config)
-        overrides = {name: runner.parse_value(value) for name, value in args.parameter}
-        P.check(overrides)
-        merged = {**P.DEFAULTS, **values, **overrides}
-        merged["run_dir"] = str(rundir.resolve(args.run_dir or values.get("run_dir")
+        values = {**config.load(args.config), **params.check(
+            {name: runner.parse_value(value) for name, value in args.parameter})}
+        values["run_dir"] = str(rundir.resolve(args.run_dir or values.get("run_dir")
                                                or runner.default_run_dir(args.config)))
-        P.check(merged)
-        checks.check_combinations(merged)
-    except P.ParameterError as e:
+        preflight.check_combinations(params.check({**params.DEFAULTS, **values}))
+    except params.ParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import torch
@@ -48,37 +46,50 @@ def main(argv=None) -> int:
     # one process, or one per GPU under accelerate launch; without a GPU, one per CPU process (gloo),
     # where PartialState() alone would make each process a main process of its own
     state = PartialState(cpu=not torch.cuda.is_available())
-    run_dir = Path(merged["run_dir"])
     if state.is_main_process:
-        rundir.write_json(run_dir / "params.json", merged)
-        if not (run_dir / "data" / "train.arrow").exists():
-            prepared = data.prepare(models.load_tokenizer(merged["model_name"]), **P.pick(merged, data.prepare))
-            storage.save_split(run_dir, *data.split(prepared.rows, merged["eval_fraction"], merged["seed"]), merged)
+        for notebook in ("01", "02", "03", "04"):
+            cells.run(notebook, values)
+            gc.collect()  # each notebook's model goes before the next one loads its own
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     state.wait_for_everyone()
-    session = Session(merged)
-    rows = RowsTrained(session.trainer)
+    watched = {}
+
+    def watch(namespace):  # after each of 05's cells: once its trainer exists, note the rows it trains
+        if state.num_processes > 1 and "trainer" in namespace and not watched:
+            watched["rows"] = RowsTrained(namespace["trainer"])
+
     try:
-        stats = run(session.trainer, merged)
+        stats = cells.run("05", values, after_cell=watch)["m"].stats
     except checkpoints.TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         _leave_process_group()
         return 130
-    tokens = sum(_gathered(stats["train_tokens"]))
-    steady = sum(_gathered(stats["tokens_per_s_steady"]))  # every process trains its own rows
-    stats.update(world_size=state.num_processes, train_tokens=tokens, tokens_per_s_steady=steady,
-                 tokens_per_s=tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan,
-                 peak_memory_gib_per_process=_gathered(stats["peak_memory_gib"]))  # one card each
-    by_process = _gathered(rows.trained)
+    if watched:  # every process trained rows of its own: the run's figures are sums over the processes
+        stats = totals(stats, state, Path(values["run_dir"]), watched["rows"])
     if state.is_main_process:
-        rows.save(run_dir, by_process)
-        save_adapter(session.model, session.tokenizer, run_dir)
-        save_log_history(session.trainer, run_dir)
-        rundir.update_metrics(run_dir, **stats)
         print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
-              f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; {run_dir}")
+              f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; "
+              f"{values['run_dir']}")
     state.wait_for_everyone()  # the others wait while the main process saves, then all leave together
     _leave_process_group()
     return 0
+
+
+def totals(stats: dict, state, run_dir: Path, rows: "RowsTrained") -> dict:
+    """The run's figures over every process, in metrics.json, and which rows each trained."""
+    import math
+
+    tokens = sum(_gathered(stats["train_tokens"]))
+    stats = {**stats, "world_size": state.num_processes, "train_tokens": tokens,
+             "tokens_per_s": tokens / stats["train_runtime_s"] if stats["train_runtime_s"] > 0 else math.nan,
+             "tokens_per_s_steady": sum(_gathered(stats["tokens_per_s_steady"])),
+             "peak_memory_gib_per_process": _gathered(stats["peak_memory_gib"])}  # one card each
+    by_process = _gathered(rows.trained)
+    if state.is_main_process:
+        rundir.update_metrics(run_dir, **stats)
+        rows.save(run_dir, by_process)
+    return stats
 
 
 class RowsTrained:
@@ -102,10 +113,10 @@ class RowsTrained:
 
     @staticmethod
     def save(run_dir: Path, by_process: list[list[int]]) -> None:
-        from helpers.machinery.storage import load_split
+        from helpers.data import split
 
         wanted, index, start = {k for keys in by_process for k in keys}, {}, 0
-        train, _ = load_split(run_dir)
+        train, _ = split.load(run_dir)
         for batch in train.select_columns(["input_ids"]).iter(batch_size=4096):  # 210k rows: not all at once
             for i, ids in enumerate(batch["input_ids"], start):
                 key = row_key(ids)
@@ -167,6 +178,4 @@ def _gathered(value) -> list:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

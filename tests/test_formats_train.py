@@ -6,7 +6,7 @@ import math
 import pytest
 
 from conftest import notebooks
-from helpers import params, rundir
+from helpers import rundir
 from helpers.data.formats import parse_oig
 from tools.config import load as load_config
 

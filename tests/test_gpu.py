@@ -54,7 +54,7 @@ def test_packing_keeps_samples_apart(tiny_values):
     from datasets import Dataset
 
     values = {**tiny_values, "packing": True}
-    ns = training.prepared(values)
+    training.prepared(values)
     m, tok, _ = training.lora_model(values["run_dir"])
     lengths = [10, 24, 17]
     gen = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ from conftest import notebooks
 
 from helpers.model import loading as models
 from helpers.model import machine, weights
-from helpers.params import DEFAULTS, ParameterError
+from helpers.params import ParameterError
 
 
 def test_bundled_model_converts_to_plain_safetensors(bundled_dir):

@@ -50,7 +50,7 @@ def test_packed_training_takes_the_route_and_trains_as_without_it(tiny_values):
 
     values = {**tiny_values, "packing": True, "max_steps": 4, "per_device_train_batch_size": 4,
               "gradient_accumulation_steps": 1}
-    ns = training.prepared(values)
+    training.prepared(values)
     assert any(d[0].startswith("attention over packed rows") for d in loading.record(values["run_dir"])["differences"])
     data = Dataset.from_dict({"input_ids": [[5 + (i * 7 + j) % 400 for j in range(8 + (i * 13) % 50)]
                                             for i in range(200)]})

@@ -55,8 +55,6 @@ def test_find_file_tries_cwd_then_repo_root(monkeypatch, tmp_path):
 
 
 def test_progress_lines_read_like_a_person_would_write_them():
-    from helpers.training import progress
-
     assert progress_line({"step": 30, "of": 120, "loss": 1.23456, "left_s": 130}) == \
         "step 30/120, loss 1.2346, about 2 min 10 s left"
     assert progress_line({"step": 1, "of": 4, "loss": None, "left_s": None}) == "step 1/4"

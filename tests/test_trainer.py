@@ -60,6 +60,20 @@ def test_keys_that_to_dict_adds_beyond_the_fields_are_not_saved(tmp_path):
     assert "push_to_hub_token" not in saved and Patched(**saved).to_dict() == args.to_dict()
 
 
+def test_a_value_that_is_the_fields_default_but_not_the_constructors_is_saved(tmp_path):
+    """unsloth's SFTConfig has an __init__ of its own with other defaults than the dataclass fields: a
+    value left out of sft_config.json because it equals the field's default came back as unsloth's."""
+    from trl import SFTConfig
+
+    class OwnDefaults(SFTConfig):
+        def __init__(self, *args, save_strategy="no", **kwargs):
+            super().__init__(*args, save_strategy=save_strategy, **kwargs)
+
+    args = OwnDefaults(output_dir=str(tmp_path), use_cpu=True, bf16=False, save_strategy="steps")
+    saved = json.loads(arguments.save(args, tmp_path).read_text())
+    assert saved["save_strategy"] == "steps" and OwnDefaults(**saved).to_dict() == args.to_dict()
+
+
 def test_step_4_checks_its_own_parameters(tiny_values):
     from helpers.params import ParameterError
 

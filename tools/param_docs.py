@@ -1,4 +1,4 @@
-"""docs/parameters.md's table of every parameter, written from helpers/params.py's PARAMS:
+"""docs/parameters.md's table of every parameter, written from helpers/parameters.yaml (helpers.params.PARAMS):
 
     python -m tools.param_docs [--check] [--print]
 """
@@ -24,7 +24,7 @@ def markdown_table() -> str:
 DOC = rundir.REPO_ROOT / "docs" / "parameters.md"
 
 
-TABLE_START = "<!-- the table below is written by `python -m tools.param_docs`; edit helpers/params.py -->"
+TABLE_START = "<!-- the table below is written by `python -m tools.param_docs`; edit helpers/parameters.yaml -->"
 
 
 TABLE_END = "<!-- end of the table -->"

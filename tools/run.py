@@ -247,8 +247,6 @@ class ProgressWatcher:
         return {"peak_gpu_used_gib": self.peak_used} if self.peak_used is not None else {}
 
     def _watch(self) -> None:
-        from helpers.training import progress
-
         shown, last_print = None, 0.0
         while not self.stopping.wait(0.5):
             self._sample_gpu()

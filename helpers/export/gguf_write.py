@@ -101,14 +101,12 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    special = {}  # a list (Llama 3.1's several EOS ids) gives its first
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = tokenizer_config.get(key, config.get(key))
-        special[key] = value[0] if isinstance(value, list) else value
-    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                     ("pad_token_id", writer.add_pad_token_id)):
-        if special[key] is not None:
-            add(int(special[key]))
+    special = {key: tokenizer_config.get(key, config.get(key)) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    special = {key: value[0] if isinstance(value, list) else value  # Llama 3.1 names several EOS ids: the first
+               for key, value in special.items()}
+    for key, value in special.items():
+        if value is not None:
+            getattr(writer, f"add_{key}")(int(value))  # add_bos_token_id, add_eos_token_id, add_pad_token_id
     turn_end = turn_end_id(folder, tokens)
     if turn_end is not None and turn_end != special["eos_token_id"]:
         writer.add_eot_token_id(turn_end)  # so llama.cpp stops there whatever the token's name
@@ -189,7 +187,6 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
             torch.cuda.empty_cache()
     writer.close()
     tmp.replace(target)
-    count = len(plan)
     ids = " / ".join(str(value) for value in special.values())
     rope = f"base {rope_theta(config):g}" + ("" if scaling["kind"] == "default" else f", {scaling['kind']} scaling")
     facts = {"architecture": "llama", "layers": config["num_hidden_layers"],
@@ -202,6 +199,6 @@ def write(folder: Path, target: Path, outtype: str = "q8_0", name: str | None = 
              "tensors": ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
              + (" + rope_freqs" if scaling["kind"] == "llama3" else ""),
              "converted on": "the GPU" if device == "cuda" else f"the CPU ({torch.get_num_threads()} threads)"}
-    return Written(target, outtype, time.perf_counter() - start, count, facts, parts)
+    return Written(target, outtype, time.perf_counter() - start, len(plan), facts, parts)
 
 

@@ -34,14 +34,11 @@ def open_gguf(path: Path, n_ctx: int = 512, cache: str = "f16"):
 
 
 def compare(merged_dir: Path, gguf_path: Path, texts: list[str], cache: str = "f16") -> dict:
-    """Open `gguf_path` with llama.cpp and compare it with the merged folder on `texts`: the token ids
-    (llama.cpp's tokenizer against the folder's), and the next-token logits at every position, both
-    models fed the folder's ids (teacher forcing: one early difference does not decide the rest).
-    A position whose prefix an earlier text already had (prompts that share a system line) is counted
-    once. Returns the largest logit difference and its scale (largest |logit|), the share of positions
-    with the same greedy token, and the same among the *decided* positions: those where the merged
-    model's best token leads the second by more than twice the largest change there, so rounding cannot
-    swap them; the others are near-ties, counted and not failed (as 07's merge check does)."""
+    """`gguf_path` opened by llama.cpp against the merged folder on `texts`: the token ids, and the
+    next-token logits at every position with both fed the folder's ids (a prefix shared with an earlier
+    text counted once). Returns the largest logit difference and its scale, the share of positions with
+    the same greedy token, and that share among the *decided* positions (the best token ahead of the
+    second by more than twice the largest change there; the others are near-ties, as in 07's check)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)

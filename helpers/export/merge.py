@@ -41,10 +41,8 @@ def base_of(adapter: Path) -> str:
 
 
 def where_to_merge(source: str) -> dict:
-    """from_pretrained's placement for the merge's base: a checkpoint stored in 4-bit stays in 4-bit on the
-    GPU (5.5 GiB at the 8B shape) and is dequantized a layer at a time; one stored in 16 (or 32) bits goes
-    on the GPU where it fits whole, else it stays in CPU memory (`merge_base` naming the original 8B
-    weights, 15 GiB, on a 16 GB card)."""
+    """from_pretrained's placement for the merge's base: on the GPU when stored in 4-bit (dequantized a
+    layer at a time) or when it fits whole; else in CPU memory (the 8B model's 15 GiB on a 16 GB card)."""
     if not torch.cuda.is_available():
         return {"use_safetensors": True}
     if weights.is_prequantized(source) or not Path(source).is_dir() or placement(Path(source)).where == "gpu":
@@ -114,10 +112,8 @@ def merge_and_save(model, tokenizer, run_dir, dtype: str) -> Merged:
 
 
 def unsloth_merged(run_dir, record: dict) -> tuple[Path | None, str]:
-    """unsloth's own merged save (`merged_16bit`), where it can succeed: on the unsloth backend (`record`:
-    what step 1 loaded), from a base stored in 16-bit. From a base stored in 4-bit it would fetch the
-    original 16-bit weights from the hub (or refuse, offline); `merge_and_save` covers that case. Returns
-    (folder or None, what happened)."""
+    """(folder or None, what happened): unsloth's own merged save (`merged_16bit`) on the unsloth backend,
+    from a base stored in 16-bit (from 4-bit it would fetch the 16-bit weights from the hub)."""
     if record["backend"] != "unsloth":
         return None, "unsloth merged save: not on this backend (needs unsloth on an NVIDIA GPU)"
     if weights.is_prequantized(record["model_name"]):

@@ -53,7 +53,6 @@ SHARD_BYTES = 2 * 2**30
 def write_merged(peft_model, dtype, folder: Path) -> None:
     """Safetensors shards (SHARD_BYTES each at most, with an index when there are several) and a config
     without quantization: what `from_pretrained` of a plain 16-bit (or 32-bit) checkpoint reads."""
-
     from peft.tuners.lora import LoraLayer
     from peft.utils.integrations import dequantize_module_weight
     from safetensors.torch import save_file

@@ -102,11 +102,9 @@ CONVERSATIONS = [PROBE, [{"role": "user", "content": "Q1"}, {"role": "assistant"
 
 
 def disagreements(tokenizer, layout: ChatLayout | None, stops: tuple, stored: dict, system: str | None) -> list[str]:
-    """How the Modelfile (`layout`, `stops`, its SYSTEM line `system`) and the GGUF file (`stored`:
-    gguf_meta.stored) differ from the tokenizer the model was trained with: conversations, as Ollama
-    completes them with the SYSTEM line, rendered to other tokens; another chat template stored; or
-    the end-of-turn token the model learned to emit not one the file ends generation on, or not a
-    stop. Empty when they agree."""
+    """Where the Modelfile (`layout`, `stops`, SYSTEM `system`) or the GGUF file (`stored`) disagree with
+    the tokenizer trained with: other tokens for a conversation, another template, an end of turn that
+    does not stop generation. Empty when they agree."""
     found = []
     for messages in CONVERSATIONS if layout is not None else []:
         messages = formats.with_system(messages, system)

@@ -124,24 +124,20 @@ FILE = "sft_config.json"
 
 
 def save(args, run_dir) -> Path:
-    """04's SFTConfig, exactly, as JSON in the run folder: the values that differ from SFTConfig's
-    defaults (checked to give back the same object), which step 5 passes to `SFTConfig(**...)`."""
-    fields = {f.name: f for f in dataclasses.fields(args) if f.init}  # to_dict may add keys (unsloth does)
-    built = args.to_dict()
+    """04's SFTConfig, exactly, as JSON in the run folder, which step 5 passes to `SFTConfig(**...)`: every
+    argument's value, so that it means the same to any constructor that reads it (unsloth's SFTConfig
+    has defaults of its own), checked to give back the same object."""
+    fields = {f.name for f in dataclasses.fields(args) if f.init}  # to_dict may add keys (unsloth does)
     # to_dict masks every *_token field; the tokens of the chat rows are settings, a hub token a secret
     # that never lands in the run folder (the hub library reads HF_TOKEN from the environment)
-    values = {k: getattr(args, k) if k.endswith("_token") else v for k, v in built.items()
-              if k in fields and "hub" not in k.split("_")[:-1]}
-    saved = json.loads(json.dumps({k: v for k, v in values.items() if v != _default(fields[k])}))
-    if type(args)(**saved).to_dict() != built:
+    saved = {k: getattr(args, k) if k.endswith("_token") else v for k, v in args.to_dict().items()
+             if k in fields and k != "hub_token"}
+    saved = json.loads(json.dumps(saved))
+    if type(args)(**saved).to_dict() != args.to_dict():
         raise ValueError("the SFTConfig saved in the run folder would not give back the one built here")
     path = Path(rundir.resolve(run_dir)) / FILE
     rundir.write_json(path, saved)
     return path
-
-
-def _default(field):
-    return field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
 
 
 def table(kwargs: dict):

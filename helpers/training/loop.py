@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import torch
 
-from helpers import rundir
 from helpers.training import checkpoints, progress
 
 

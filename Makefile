@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-bundled.txt requirements-gpu.txt pyproje
 setup-gguf: setup
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF $${CMAKE_ARGS:-}" $(BIN)/python -m pip install -q -r requirements-gguf.txt
 
-# make run CONFIG=configs/smoke.yaml ARGS="-p max_steps 10 --only 05"
+# make run CONFIG=configs/smoke.yaml ARGS="-p max_steps 10 --only 04 --only 05"
 run: setup
 	$(BIN)/python -m tools.run $(CONFIG) $(ARGS)
 

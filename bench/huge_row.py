@@ -3,7 +3,7 @@
     python bench/huge_row.py [--mb 0 16 100] [--baseline REV] [--baseline-mb 0 4 16] [--json FILE]
 
 Each size is a JSONL file of the first 80 rows of data/pip_chip2.jsonl with one OIG row of that many MB
-of text put in as line 4; each runs `python -m tools.run configs/smoke.yaml --only 03` in a process of
+of text put in as line 4; each runs `python -m tools.run configs/smoke.yaml --only 01 --only 03` in a process of
 its own, and the kernel's peak memory is the one the runner records for 03 (metrics.json). With
 `--baseline REV` the sizes of `--baseline-mb` run with the code of an older commit too (a git worktree):
 keep them small, as before the cut a row took about 230 MB of memory a MB of text.
@@ -43,7 +43,7 @@ def dataset(mb: float) -> Path:
 
 def measure(repo: Path, mb: float) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-huge-"))
-    cmd = [sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(run_dir), "--only", "03",
+    cmd = [sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", str(run_dir), "--only", "01", "--only", "03",
            "-p", "dataset", str(dataset(mb)), "-p", "max_rows", "null"]
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})

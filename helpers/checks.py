@@ -22,6 +22,15 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _no_bf16() -> str | None:
+    """The GPU's name where it lacks bfloat16, else None."""
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return torch.cuda.get_device_name(0)
+    return None
+
+
 def model_folder(model_name: str) -> Path:
 
     if model_name.startswith(weights.BUNDLED_PREFIX):
@@ -71,6 +80,13 @@ def check_model_source(params: dict) -> None:
     check_custom_code(params, model_config(name))
 
 
+def refuse_tied(targets: list, tied: str | None) -> None:
+    if tied in targets:
+        raise ParameterError(f"Parameter 'target_modules' names '{tied}', the output layer, whose weight this model "
+                             f"shares with its input embeddings (tie_word_embeddings): the merged update would "
+                             f"have to change both through one matrix, and 07 cannot export it. Leave '{tied}' out.")
+
+
 # report_to: the packages that transformers' logging callbacks import (any one of them will do)
 REPORTING_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
                       "trackio": ("trackio",)}
@@ -102,6 +118,10 @@ def for_loading(params: dict, gpu: bool | None = None) -> None:
     if params["dtype"] in ("float16", "bfloat16") and not gpu:
         raise ParameterError(f"Parameter 'dtype' = '{params['dtype']}' on a CPU: 16-bit matrix products run "
                              f"many times slower than float32 here. Use dtype None (float32 on a CPU) or float32.")
+    if params["dtype"] == "bfloat16" and gpu and _no_bf16():
+        raise ParameterError(f"Parameter 'dtype' = 'bfloat16': this GPU ({_no_bf16()}) has no bfloat16 arithmetic "
+                             f"(NVIDIA cards before Ampere, such as the T4). Use dtype float16, or None to let "
+                             f"the card decide.")
     check_model_source(params)
     folder = model_folder(params["model_name"])
     if folder.is_dir() and weights.is_prequantized(str(folder)) and not gpu:
@@ -129,7 +149,7 @@ def for_data(params: dict) -> None:
                              "llama.cpp's agreement with the merged model). Expected more than 0: the post's "
                              "recipe uses 0.01, 2,103 of its 210,289 rows, and trains on the other 99%.")
     try:
-        sources.locate(params["dataset"])
+        sources.locate(params["dataset"], configure_datasets=False)
     except sources.DatasetError as e:
         raise ParameterError(str(e)) from None
 

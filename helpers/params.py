@@ -10,6 +10,7 @@ saves the result. What earlier steps built, a step reads from the run folder (01
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,10 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import rundir
-
-
-class ParameterError(ValueError):
-    """A parameter has a wrong name, type or value; the message says which and what is allowed."""
+from helpers.errors import ParameterError
 
 
 SEVEN_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -102,6 +100,9 @@ def check_value(name: str, value: Any) -> None:
     if name == "target_modules" and (not value or not all(isinstance(m, str) and m for m in value)):
         raise ParameterError(f"Parameter 'target_modules' = {value!r}; expected a non-empty list of "
                              f"module names such as {SEVEN_PROJECTIONS}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f"Parameter '{name}' = {value!r} is not a finite number (YAML reads .nan, .inf and "
+                             f"1e999 so); expected a number such as {p.default!r}.")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if p.minimum is not None and value < p.minimum:
             raise ParameterError(f"Parameter '{name}' = {value!r} is below its minimum {p.minimum}.")

@@ -5,8 +5,11 @@ import json
 import math
 import os
 import shutil
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from helpers.errors import ParameterError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # helpers/rundir.py
 
@@ -20,7 +23,14 @@ def resolve(run_dir: str | Path) -> Path:
     path = Path(run_dir).expanduser()
     if not path.is_absolute():
         path = REPO_ROOT / path
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(path, os.W_OK | os.X_OK) else "is read-only for this user"
+    except OSError as e:  # a file there, or a folder that cannot be made
+        problem = "is a file; expected a folder" if path.is_file() else f"cannot be made: {e.strerror}"
+    if problem:
+        raise ParameterError(f"Parameter 'run_dir' = '{run_dir}': {path} {problem}. Every step writes its results "
+                             f"in the run folder: choose another (--run-dir).")
     return path
 
 
@@ -59,7 +69,34 @@ def artifact(run_dir, name: str) -> Path:
     path = Path(resolve(run_dir)) / name
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         raise FileNotFoundError(f"No {name} in {path.parent}: run {MADE_BY[name]}.ipynb with this run_dir first.")
+    if problem := damage(path):
+        raise ValueError(f"{problem}: run {MADE_BY[name]}.ipynb with this run_dir again to make it anew.")
     return path
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a saved file (or the files of a saved folder) that was cut short or garbled, by
+    its kind: safetensors, PyTorch's zip files, Arrow streams, JSON (headers and sizes, not every value)."""
+    import pyarrow as pa
+
+    for file in sorted(Path(path).iterdir()) if Path(path).is_dir() else [Path(path)]:
+        try:
+            if file.suffix == ".safetensors":  # 8 bytes of header size, a JSON header, then the tensors' bytes
+                with file.open("rb") as f:
+                    header = json.loads(f.read(size := int.from_bytes(f.read(8), "little")))
+                end = 8 + size + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                if end != file.stat().st_size:
+                    return f"{file} is damaged: {file.stat().st_size:,} bytes where its header lists {end:,}"
+            elif file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):
+                return f"{file} is damaged: not a whole PyTorch file"
+            elif file.suffix == ".arrow":
+                with pa.memory_map(str(file)) as source:
+                    pa.ipc.open_stream(source).read_all().validate()
+            elif file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as e:
+            return f"{file} is damaged ({type(e).__name__}: {str(e)[:120]})"
+    return None
 
 
 def write_json(path: Path, data) -> None:

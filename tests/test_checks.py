@@ -110,10 +110,16 @@ def test_a_checkpoint_stored_in_4bit_needs_a_gpu(tmp_path):
 
 
 def test_target_modules_are_checked_against_the_models_layers(bundled_dir):
-    names = preflight.linear_layer_names(bundled_dir)
-    assert set(DEFAULTS["target_modules"]) <= names and "lm_head" in names
+    names, tied = preflight.linear_layer_names(bundled_dir)
+    assert set(DEFAULTS["target_modules"]) <= names and "lm_head" in names and tied == "lm_head"
     rejects(r"names \['nope_proj'\], which are no layers of .*Its linear layers: \[",
             target_modules=["q_proj", "nope_proj"])
+
+
+def test_lora_on_an_output_layer_tied_to_the_embeddings_is_refused(bundled_dir):
+    # SmolLM2 ties them: it trained, then 07 failed with a raw assertion and left a whole-looking merged/
+    rejects(r"names 'lm_head', the output layer, whose weight this model shares with its input embeddings "
+            r"\(tie_word_embeddings\).*Leave 'lm_head' out", target_modules=["q_proj", "v_proj", "lm_head"])
 
 
 def test_report_to_needs_its_package(monkeypatch):

@@ -85,3 +85,39 @@ def test_resume_true_without_a_checkpoint_is_an_error(config, tmp_path):
     result = subprocess.run(train_cmd(config, tmp_path / "run") + ["-p", "resume", "true"], cwd=REPO,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode != 0 and "'resume' = True, but" in result.stderr
+
+
+def test_ctrl_c_of_the_runner_saves_the_current_step_and_the_same_command_goes_on(tmp_path, training_config):
+    import random
+
+    # no checkpoint of its own before the end (save_steps 100): the one that Ctrl-C saves is all there is
+    config = training_config(tmp_path / "c.yaml", save_steps=100)
+    only = [a for n in ("01", "02", "03", "04", "05") for a in ("--only", n)]
+
+    def command(run_dir):
+        return [sys.executable, "-m", "tools.run", str(config), "--run-dir", str(run_dir), *only]
+
+    whole = tmp_path / "whole"
+    assert subprocess.run(command(whole), cwd=REPO, capture_output=True, timeout=900).returncode == 0
+    run_dir, stop_at = tmp_path / "run", random.randint(2, 6)
+    # its own process group, as a terminal's foreground job, which Ctrl-C signals whole
+    proc = subprocess.Popen(command(run_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    progress = run_dir / "progress.json"
+    wait_for(lambda: progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) >= stop_at, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (stop_at, out, err)
+    assert "Traceback" not in err and "stopped: SIGINT in 05_train_and_save, at step" in err, err
+    saved = checkpoints.complete(run_dir)
+    assert len(saved) == 1 and int(saved[0].name.split("-")[1]) >= stop_at
+
+    resumed = subprocess.run(command(run_dir), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = metrics(whole), metrics(run_dir)
+    assert b["resumed_from"].endswith(saved[0].name) and a["train_steps"] == b["train_steps"] == 8
+    assert b["train_tokens"] == a["train_tokens"]  # no step trained twice or lost
+    assert b["train_runtime_s"] > json.loads((saved[0] / "counts-0.json").read_text())["train_runtime_s"]
+    losses = [[e["loss"] for e in json.loads((d / "log_history.json").read_text()) if "loss" in e] for d in (whole, run_dir)]
+    assert len(losses[0]) == len(losses[1]) == 8
+    assert max(abs(x - y) for x, y in zip(*losses)) < 1e-4, (stop_at, losses)

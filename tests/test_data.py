@@ -11,7 +11,7 @@ from helpers import rundir
 from helpers.data import reading, report as reports, sources, split
 from helpers.data.sources import DatasetError
 from helpers.evaluation import questions
-from tools.run import report_lines
+from tools.console import report_lines
 from helpers.params import DEFAULTS
 from tools import cells
 
@@ -151,6 +151,12 @@ def test_an_unreadable_file_is_named(tmp_path):
     (b"\x1f\x8b\x08\x00rest", r"is gzip-compressed \(it starts with the bytes 1f 8b\), not .jsonl text: decompress"),
     (b"PK\x03\x04rest", "is a zip archive: unzip it first"),
     (b"text,label\n\"<human>: hi\",1\n", r"does not hold JSON: its first line, 'text,label', reads like a CSV header"),
+    # a UTF-16 file got cp1252 advice on every line; a CR-only one was one unparsable line, "CRLF converted"
+    ('{"text": "<human>: hi"}\n'.encode("utf-16"), r"is UTF-16 text \(the byte-order mark ff fe\), not UTF-8: "
+                                                  r"convert it with iconv -f utf-16 -t utf-8"),
+    ('{"text": "<human>: hi"}\n'.encode("utf-16-le") * 9, r"is UTF-16 text \(a zero byte beside every character\)"),
+    (b'{"text": "a"}\r{"text": "b"}\r', r"ends its lines with a carriage return alone \(CR, old Mac style\): "
+                                          r"convert it with tr '\\r' '\\n'"),
 ])
 def test_a_file_that_holds_something_else_than_its_name_says(tmp_path, content, message):
     path = tmp_path / "rows.jsonl"
@@ -357,6 +363,21 @@ def test_unparsable_line_named_with_its_line_number(tmp_path, prep):
     assert (report.rows_read, report.kept, report.dropped) == (4, 3, {"unparsable": 1})
     assert only_problem(report)["where"] == "line 3"
     assert "not valid JSON" in only_problem(report)["detail"]
+
+
+def test_a_row_nested_too_deep_or_with_a_huge_integer_is_one_skipped_row(tmp_path, prep):
+    # each aborted all of 03 (RecursionError, the int-digits limit) with no line number
+    deep = b'{"text": "x", "n": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    huge = b'{"text": "x", "n": ' + b"9" * 5000 + b"}"
+    path = write_bytes(tmp_path, "rows.jsonl", [line(OIG[0]), deep, line(OIG[1]), huge, line(OIG[2])])
+    report = prep(path).report
+    assert (report.rows_read, report.kept, report.dropped) == (5, 3, {"unparsable": 2})
+    assert [(p["where"], p["detail"][:24]) for p in report.problems] == [
+        ("line 2", "nested deeper than the J"), ("line 4", "a value this reader refu")]
+    assert "4300 digits" in report.problems[1]["detail"]
+    (tmp_path / "rows.json").write_bytes(b"[" + deep + b"]")
+    with pytest.raises(DatasetError, match="rows.json: nested deeper than the JSON reader follows"):
+        prep(tmp_path / "rows.json")
 
 
 def test_non_utf8_bytes_skip_the_line_and_name_the_byte(tmp_path, prep):

@@ -1,7 +1,7 @@
 """The imports point one way (function-level imports included: an arrow hidden in a function is still
 an arrow):
 - no module imports, directly or through others, a module that imports it back;
-- the base modules (`params`, `rundir`, `show`) import no domain;
+- the base modules (`errors`, `params`, `rundir`, `show`) import no domain;
 - a domain imports the base, itself and the domains before it only, in the order of the lessons: the
   model (01-02), the data (03), the held-out measures (05-06, 08), the training (04-05), the export (07);
 - nothing under `helpers` imports the command-line tools (`tools`) or the test fixtures (`fixtures`)."""
@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("helpers", "tools", "fixtures")
 DOMAINS = {"model": 1, "data": 2, "evaluation": 3, "training": 4, "export": 5}
-BASE = {"params", "rundir", "show"}  # what every domain rests on
+BASE = {"errors", "params", "rundir", "show"}  # what every domain rests on
 
 
 def module_name(path: Path) -> str:

@@ -143,6 +143,10 @@ def test_the_loss_sentences_say_which_tokens_counted_and_what_the_numbers_mean()
     text = results.explain(stats, args, 3.785, 0.65, 582)
     assert "96 rows, 0.16 of an epoch" in text and "no sign of a bug" in text
     assert "no sign of a bug" not in results.explain({**stats, "final_step_loss": 0.5}, args, 3.785, 0.65, 582)
+    worse = str(results.explain(stats, args, 3.375, 41.845, 582))  # a learning rate far too high
+    assert "fell" not in worse and "did not fall: it went from **3.375 to 41.845**" in worse
+    worse = str(loss.explain({"eval_loss_base": 3.375, "eval_loss_finetuned": 41.845}, False))
+    assert "drop" not in worse and "Training made the model worse" in worse
 
 
 def test_whole_tables_show_long_answers_in_full():

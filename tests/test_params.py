@@ -45,6 +45,10 @@ def test_unknown_name_suggests_closest():
     ("use_gradient_checkpointing", 1, "not allowed"),
     ("target_modules", [], "non-empty list"),
     ("max_rows", 0, "expected None or a whole number"),
+    ("learning_rate", float("nan"), "not a finite number"),  # YAML's .nan: was stored as null, failed in 05
+    ("learning_rate", float("inf"), "not a finite number"),  # -p learning_rate 1e999
+    ("lora_dropout", float("nan"), "not a finite number"),
+    ("weight_decay", float("inf"), "not a finite number"),
 ])
 def test_bad_values_name_parameter_value_and_rule(name, value, message):
     with pytest.raises(ParameterError, match=re.escape(f"'{name}' = {value!r}")) as e:

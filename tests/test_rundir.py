@@ -3,7 +3,7 @@ import math
 
 from helpers import rundir
 from tools.kernels import pythonpath_with_repo
-from tools.run import progress_line
+from tools.console import progress_line
 
 
 def test_relative_run_dir_counts_from_repo_root(monkeypatch, tmp_path):

@@ -525,3 +525,46 @@ def test_a_kernel_slow_to_start_is_waited_for_not_called_dead(tmp_path):
         assert time.perf_counter() - started > 5
     finally:
         run_sync(km.shutdown_kernel)(now=True)
+
+
+@pytest.mark.slow
+def test_a_dataset_path_relative_to_where_the_command_started(tmp_path, pip_rows):
+    import os
+    import shutil
+
+    shutil.copy(pip_rows, tmp_path / "rows.jsonl")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the kernels run in notebooks/: the runner hands them the path it found (was: 03 failed, no such file)
+    result = subprocess.run([sys.executable, "-m", "tools.run", str(REPO / "configs" / "smoke.yaml"), "--run-dir",
+                             str(tmp_path / "run"), "--only", "01", "--only", "03", "-p", "dataset", "rows.jsonl"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["rows_read"] == 12
+
+
+def test_a_run_dir_that_is_a_file_or_read_only_is_named(tmp_path):
+    # each was a raw FileExistsError / OSError traceback
+    (tmp_path / "file").write_text("x")
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path / "file", "--only", "01")
+    assert result.returncode == 2 and f"{tmp_path / 'file'} is a file; expected a folder" in result.stderr
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(read_only)]).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        results = [runner("configs/smoke.yaml", "--run-dir", folder, "--only", "01")
+                   for folder in (read_only, read_only / "run")]
+    finally:
+        subprocess.run(["umount", str(read_only)])
+    assert results[0].returncode == 2 and f"{read_only} is read-only for this user" in results[0].stderr
+    assert results[1].returncode == 2 and "cannot be made: Read-only file system" in results[1].stderr
+    assert not any("Traceback" in r.stderr for r in results)
+
+
+@pytest.mark.slow
+def test_only_03_on_a_trained_folder_does_not_print_the_earlier_training_as_its_own(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"train_loss": 1.2345, "eval_loss_finetuned": 0.5}))
+    result = runner("configs/smoke.yaml", "--run-dir", tmp_path, "--only", "01", "--only", "03")
+    assert result.returncode == 0, result.stderr
+    assert "train_loss" not in result.stdout and "eval_loss_finetuned" not in result.stdout  # was: metrics: ...

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import notebooks
 from helpers.params import DEFAULTS
@@ -89,11 +90,18 @@ def test_effective_batch_size():
 
 def test_linear_schedule_warms_up_then_decays():
     kwargs = {"learning_rate": 1e-3, "warmup_steps": 4, "max_steps": 20, "lr_scheduler_type": "linear"}
-    rates = arguments.lr_schedule(kwargs)
-    assert len(rates) == 20
+    rates = list(arguments.lr_schedule(kwargs).values())
+    assert list(arguments.lr_schedule(kwargs)) == list(range(1, 21))
     assert rates[0] == 0.0 and rates[4] == pytest.approx(1e-3)
     assert rates[:5] == sorted(rates[:5]) and rates[4:] == sorted(rates[4:], reverse=True)
     assert rates[-1] == pytest.approx(1e-3 / 16)
+
+
+def test_schedule_of_a_trillion_steps_costs_what_twenty_do():
+    kwargs = {"learning_rate": 1e-3, "warmup_steps": 20, "max_steps": 10**12, "lr_scheduler_type": "linear"}
+    rates = arguments.lr_schedule(kwargs)  # was: a Python loop of max_steps scheduler steps
+    assert len(rates) <= 2001 and min(rates) == 1 and max(rates) == 10**12
+    assert rates[21] == pytest.approx(1e-3) and rates[1] == 0.0
 
 
 def test_config_table_shows_effective_batch(tmp_path):
@@ -101,3 +109,34 @@ def test_config_table_shows_effective_batch(tmp_path):
     table = arguments.table(a.kwargs)
     assert table.loc["effective batch size", "value"] == 8
     assert table.loc["samples seen in training", "value"] == 8 * DEFAULTS["max_steps"]
+
+
+@pytest.mark.parametrize("loaded, bf16, fp16", [("float16", False, True), ("bfloat16", True, False),
+                                                ("float32", False, False)])
+def test_training_precision_follows_the_dtype_01_loaded(tmp_path, monkeypatch, loaded, bf16, fp16):
+    # dtype float16 on an H100: 05 failed after 01-04, as the trainer took bf16 from the card (unsloth:
+    # "Model is in float16 precision but you want to use bfloat16 precision")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "load.json").write_text(json.dumps({"compute_dtype": loaded}))
+    a, differences = arguments.for_this_machine({**DEFAULTS, "run_dir": str(tmp_path), "optim": "adamw_torch"})
+    assert (a.bf16, a.fp16) == (bf16, fp16)
+    assert any(d[0] == "precision" for d in differences) == (loaded != "bfloat16")
+
+
+def test_a_step_of_more_rows_than_the_data_has_is_refused(tmp_path):
+    import pyarrow as pa
+
+    from helpers.params import ParameterError
+
+    (tmp_path / "data").mkdir()
+    table = pa.table({"input_ids": [[1, 2]] * 90})
+    with pa.OSFile(str(tmp_path / "data" / "train.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    params = {**DEFAULTS, "run_dir": str(tmp_path), "optim": "adamw_torch"}
+    arguments.for_this_machine(params)  # 8 rows a step of 90
+    # was accepted, and 05 then said "111111111.11 of an epoch"
+    with pytest.raises(ParameterError, match=r"2 x 1000000000 = 2,000,000,000 rows an optimizer step, and 03 "
+                                             r"kept 90 training rows"):
+        arguments.for_this_machine({**params, "gradient_accumulation_steps": 10**9})

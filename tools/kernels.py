@@ -212,6 +212,17 @@ def exit_code(km) -> int | None:
     return process.poll() if process is not None else None
 
 
+def interrupt(km) -> None:
+    """SIGINT to the kernel of `km`, as JupyterLab's interrupt button sends it (the kernel runs in a session of
+    its own, out of reach of the terminal's Ctrl-C); usable in a signal handler, where the manager's own
+    asynchronous call cannot be awaited."""
+    import signal
+
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None and process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+
+
 def how_it_ended(km) -> str:
     """How the kernel of `km` ended, in words, with what to do where it was the out-of-memory killer."""
     import signal

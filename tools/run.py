@@ -8,6 +8,7 @@ Each executed notebook, the adapter, metrics.json and the plots land in the run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
@@ -15,9 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from helpers import params, rundir
-from helpers.data.tokenizing import CHARS_PER_TOKEN
-from tools import config
-from tools.kernels import Kernels, how_it_ended, pythonpath_with_repo
+from tools import config, runlock
+from tools.console import ProgressWatcher, gpu_text, show_data_report
+from tools.guards import from_here, refuse_changes_not_run, refuse_mixing_trainings
+from tools.kernels import Kernels, how_it_ended, interrupt, pythonpath_with_repo
 
 NOTEBOOK_DIR = rundir.REPO_ROOT / "notebooks"
 
@@ -93,28 +95,6 @@ def failed_cell(notebook_path: Path, kernel_died: bool = False) -> str:
     return f"code cell {picked[0] + 1} ({lines[0][:60] if lines else ''})"
 
 
-# Parameters of steps 1-4 that their results in the run folder do not depend on: step 5 applies them itself.
-APPLIED_IN_05 = {"use_gradient_checkpointing"}
-
-
-def refuse_changes_not_run(saved: dict, merged: dict, chosen: list[Path]) -> None:
-    """A parameter of steps 1-4 that differs from the run folder's, where its step does not run: what that
-    step left in the run folder (the model's record, the LoRA, the rows, the SFTConfig) was built with
-    the old value, and step 5 trains what it finds there, so the change would not reach training."""
-    run = {nb.name[:2] for nb in chosen}
-    changed = [name for name, value in merged.items() if name in saved and saved[name] != value
-               and params.BY_NAME[name].step in ("01", "02", "03", "04") and params.BY_NAME[name].step not in run
-               and name not in APPLIED_IN_05 and name != "run_dir"]
-    if changed:
-        steps = sorted({params.BY_NAME[name].step for name in changed})
-        listed = ", ".join(f"{name} ({saved[name]!r} in the run folder, {merged[name]!r} now; {params.STEPS[params.BY_NAME[name].step]})"
-                           for name in changed)
-        raise params.ParameterError(f"{listed}: the run folder's results of those steps were made with the old value, and "
-                               f"the notebooks after them use those results, so the change would not reach training. "
-                               f"Run {' and '.join(params.STEPS[s] for s in steps)} too (--only {' --only '.join(steps)}), "
-                               f"or use another --run-dir.")
-
-
 def prepare_environment(run_dir: Path) -> None:
     """What every kernel of the run inherits: where to report progress, and where `helpers` is (kernels
     start in notebooks/, and the repository need not be an installed package)."""
@@ -124,6 +104,44 @@ def prepare_environment(run_dir: Path) -> None:
 
     os.environ[progress.ENV] = str(run_dir)
     os.environ["PYTHONPATH"] = pythonpath_with_repo(os.environ.get("PYTHONPATH"))
+
+
+class Interrupts:
+    """Ctrl-C or SIGTERM while notebooks run: passed to the running notebook's kernel as an interrupt, once
+    (05 then saves a checkpoint at the end of the current step and stops), and no notebook starts after it.
+    A second one stops the runner at once."""
+
+    def __init__(self):
+        self.signal, self.km, self.previous = None, None, {}
+
+    def __enter__(self):
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        import signal
+
+        if self.signal:  # the second one
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"{self.signal}: stopping; 05 saves a checkpoint at the end of its current step first "
+              f"(again to stop at once)", file=sys.stderr, flush=True)
+        if self.km is not None:
+            interrupt(self.km)
+
+
+class Stopped(RuntimeError):
+    """The run stopped on Ctrl-C or SIGTERM, as asked."""
 
 
 def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels: Kernels | None = None) -> dict:
@@ -143,12 +161,15 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
     kernels = kernels or Kernels("shared", uses_unsloth(values), NOTEBOOK_DIR)
     # kept per notebook as each finishes, beside those of earlier calls (a run resumed with --only)
     earlier = rundir.read_json(run_dir / "metrics.json", default={}).get("notebook_costs", {})
-    costs = {}
+    costs, stack = {}, contextlib.ExitStack()
     watcher = ProgressWatcher(run_dir, log)
     try:
+        interrupts = stack.enter_context(Interrupts())
         for i, nb in enumerate(chosen, start=1):
+            if interrupts.signal:
+                raise Stopped(f"{interrupts.signal} before {nb.stem}: run the same command again to go on.")
             os.environ["WORKBOOK_NOTEBOOK"] = nb.stem
-            km = kernels.for_notebook(nb)
+            km = interrupts.km = kernels.for_notebook(nb)
             if i < len(chosen):
                 kernels.prepare(chosen[i])  # the next notebook's kernel, if it needs another, starts now
             head = f"[{i}/{len(chosen)}] {nb.stem} ..."
@@ -170,8 +191,13 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
                                 f"The notebook as far as it ran: {out}") from None
             except pm.PapermillExecutionError as e:
                 watcher.stop()
-                log(f"{head} FAILED")
                 partial.replace(out)
+                if interrupts.signal:
+                    log(f"{head} stopped")
+                    raise Stopped(f"{interrupts.signal} in {nb.stem}" + (  # the kernel's words name its SIGINT
+                        ", " + e.evalue.split(" ", 1)[1] if e.ename == "TrainingInterrupted" else
+                        ": stopped before it ended; run the same command again to run it anew.")) from None
+                log(f"{head} FAILED")
                 show_data_report(run_dir, nb, started_at, log)
                 raise RunFailed(f"{nb.name} failed in {failed_cell(out)}: {e.ename}: {e.evalue}{disk_hint(e.evalue, run_dir)}\n"
                                 f"The executed notebook with the traceback: {out}") from None
@@ -186,11 +212,12 @@ def execute(run_dir: Path, values: dict, chosen: list[Path], log=print, kernels:
             cost = {"wall_s": time.perf_counter() - start, **kernels.costs(), **watcher.gpu_peak()}
             costs[nb.stem] = cost
             rundir.update_metrics(run_dir, notebook_costs=dict(sorted({**earlier, **costs}.items())))
-            log(f"{head} ok ({cost['wall_s']:.0f} s{_gpu_text(cost)})", flush=True)
+            log(f"{head} ok ({cost['wall_s']:.0f} s{gpu_text(cost)})", flush=True)
             show_data_report(run_dir, nb, started_at, log)
     finally:
         watcher.stop()
         kernels.shutdown()
+        stack.close()
     return costs
 
 
@@ -212,102 +239,6 @@ def uses_unsloth(values: dict) -> bool:
     return choose_backend({**params.DEFAULTS, **values}["backend"]) == "unsloth"
 
 
-def _gpu_text(cost: dict) -> str:
-    return f", peak GPU {cost['peak_gpu_gib']:.1f} GiB" if "peak_gpu_gib" in cost else ""
-
-
-class ProgressWatcher:
-    """While a notebook runs: prints its progress.json when it changes (at most every PRINT_EVERY_S), and
-    on an NVIDIA machine samples the GPU's used memory (nvidia-smi: the whole card, so subprocesses and
-    the CUDA context count too)."""
-
-    PRINT_EVERY_S = 10.0
-
-    def __init__(self, run_dir: Path, log):
-        import shutil
-
-        self.path, self.log, self.thread = Path(run_dir) / "progress.json", log, None
-        self.smi = shutil.which("nvidia-smi")
-
-    def start(self, name: str) -> None:
-        import threading
-
-        self.name, self.peak_used, self.stopping = name, None, threading.Event()
-        self.path.unlink(missing_ok=True)
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.stopping.set()
-            self.thread.join()
-            self.thread = None
-
-    def gpu_peak(self) -> dict:
-        return {"peak_gpu_used_gib": self.peak_used} if self.peak_used is not None else {}
-
-    def _watch(self) -> None:
-        shown, last_print = None, 0.0
-        while not self.stopping.wait(0.5):
-            self._sample_gpu()
-            record = rundir.read_json(self.path, default=None) if self.path.exists() else None
-            if record and record != shown and time.time() - last_print >= self.PRINT_EVERY_S:
-                shown, last_print = record, time.time()
-                self.log(f"    {self.name}: {progress_line(record)}", flush=True)
-
-    def _sample_gpu(self) -> None:
-        import subprocess
-
-        if not self.smi:
-            return
-        out = subprocess.run([self.smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.strip():
-            used = float(out.stdout.split()[0]) / 1024
-            self.peak_used = max(self.peak_used or 0.0, used)
-
-
-def show_data_report(run_dir: Path, nb: Path, since: float, log) -> None:
-    """After the dataset step: what was read, kept, dropped (from this run's data_report.json)."""
-    path = run_dir / "data_report.json"
-    if nb.name.startswith("03_") and path.exists() and path.stat().st_mtime >= since - 1:
-        for line in report_lines(rundir.read_json(path)):
-            log(f"    {line}")
-
-
-def report_lines(report: dict) -> list[str]:
-    """The dataset step's report as plain lines, for the console (from data_report.json)."""
-    lines = [f"data: {report['source']} ({report.get('format')}): read {report['rows_read']}, "
-             f"kept {report['kept']}, truncated {report['truncated']}"]
-    if report.get("cut_before_tokenizing"):
-        lines += [f"  cut before tokenizing {report['cut_before_tokenizing']}: over {CHARS_PER_TOKEN} characters a token"]
-    lines += [f"  dropped {n}: {reason}" for reason, n in report.get("dropped", {}).items()]
-    lines += [f"  fixed {n}: {what}" for what, n in report.get("fixes", {}).items()]
-    lines += [f"  warning: {text}" for text in report.get("warnings", [])]
-    lines += [f"  {p['where']}: {p['reason']} ({p['detail']})" for p in report.get("problems", [])[:5]]
-    return lines
-
-
-
-def progress_line(fields: dict) -> str:
-    """One readable line of a progress record."""
-    if "step" in fields:
-        text = f"step {fields['step']}/{fields['of']}"
-        if fields.get("loss") is not None:
-            text += f", loss {fields['loss']:.4f}"
-        if (fields.get("left_s") or 0) >= 1:
-            text += f", about {_duration(fields['left_s'])} left"
-        return text
-    if "rows" in fields:
-        return f"{fields['rows']:,}/{fields['of']:,} {fields.get('what', 'rows')}"
-    return fields.get("what", "")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
 class RunFailed(RuntimeError):
     pass
 
@@ -325,41 +256,49 @@ def main(argv: list[str] | None = None) -> int:
                          "are imported once; fresh: a new kernel per notebook, as JupyterLab does")
     args = ap.parse_args(argv)
     kernels = None
-    try:
-        values = config.load(args.config)
-        overrides = {name: parse_value(value) for name, value in args.parameter}
-        params.check(overrides)
-        values.update(overrides)
-        from tools.preflight import check_combinations
+    with contextlib.ExitStack() as lock:
+        try:
+            values = config.load(args.config)
+            overrides = {name: parse_value(value) for name, value in args.parameter}
+            params.check(overrides)
+            values = from_here({**values, **overrides})
+            from tools.preflight import check_combinations
 
-        chosen = select(args.only)
-        run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
-        values["run_dir"] = str(run_dir)
-        # the first kernel starts, and imports its libraries, while this process checks the parameters
-        prepare_environment(run_dir)
-        kernels = Kernels(args.kernel, uses_unsloth(values), NOTEBOOK_DIR)
-        kernels.start(kernels.flavour_for(chosen[0]), background=True)
-        # what the notebooks' settle() will merge, checked once here and saved
-        saved = rundir.read_json(run_dir / "params.json", default={})
-        merged = {**params.DEFAULTS, **{k: v for k, v in saved.items() if k in params.BY_NAME}, **values}
-        check_combinations(merged)
-        refuse_changes_not_run(saved, merged, chosen)
-        rundir.write_json(run_dir / "params.json", merged)
-        print(f"run folder: {run_dir}", flush=True)
-        execute(run_dir, values, chosen, log=print, kernels=kernels)
-    except (params.ParameterError, RunFailed) as e:
-        if kernels is not None:
-            kernels.shutdown()
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, params.ParameterError) else 1
-    metrics = rundir.read_json(run_dir / "metrics.json", default={})
-    summary = {k: metrics[k] for k in ("backend", "train_loss", "eval_loss_base", "eval_loss_finetuned",
-                                       "train_runtime_s", "tokens_per_s") if k in metrics}
-    if summary:
-        print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in summary.items()))
-    print(f"done: {run_dir}")
-    return 0
+            chosen = select(args.only)
+            run_dir = rundir.resolve(args.run_dir or values.get("run_dir") or default_run_dir(args.config))
+            values["run_dir"] = str(run_dir)
+            lock.enter_context(runlock.held(run_dir))  # before anything in the run folder is read or written
+            # what the notebooks' settle() will merge, checked once here and saved
+            saved = rundir.read_json(run_dir / "params.json", default={})
+            merged = {**params.DEFAULTS, **{k: v for k, v in saved.items() if k in params.BY_NAME}, **values}
+            check_combinations(params.check(merged))  # a wrong value stops here, within a second or so
+            refuse_changes_not_run(saved, merged, chosen)
+            refuse_mixing_trainings(run_dir, merged, chosen)
+            # the first kernel starts, and imports its libraries, while this process writes and reads on
+            prepare_environment(run_dir)
+            kernels = Kernels(args.kernel, uses_unsloth(values), NOTEBOOK_DIR)
+            kernels.start(kernels.flavour_for(chosen[0]), background=True)
+            rundir.write_json(run_dir / "params.json", merged)
+            print(f"run folder: {run_dir}", flush=True)
+            execute(run_dir, values, chosen, log=print, kernels=kernels)
+        except Stopped as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            return 130
+        except (params.ParameterError, RunFailed) as e:
+            if kernels is not None:
+                kernels.shutdown()
+            print(f"error: {e}", file=sys.stderr)
+            return 2 if isinstance(e, params.ParameterError) else 1
+        # the training's figures, where this command trained (an earlier 05's are not this run's)
+        ran_05 = any(nb.name.startswith("05_") for nb in chosen)
+        metrics = rundir.read_json(run_dir / "metrics.json", default={}) if ran_05 else {}
+        summary = {k: metrics[k] for k in ("backend", "train_loss", "eval_loss_base", "eval_loss_finetuned",
+                                           "train_runtime_s", "tokens_per_s") if k in metrics}
+        if summary:
+            print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in summary.items()))
+        print(f"done: {run_dir}")
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ the same crash safety. 06-08 run on the result as usual (`python -m tools.run CO
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
 from pathlib import Path
 
 from helpers import params, rundir
-from tools import cells, config, preflight
+from tools import cells, config, guards, preflight, runlock
 
 
 def main(argv=None) -> int:
@@ -31,49 +33,53 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
-    try:
-        values = {**config.load(args.config), **params.check(
-            {name: runner.parse_value(value) for name, value in args.parameter})}
-        values["run_dir"] = str(rundir.resolve(args.run_dir or values.get("run_dir")
-                                               or runner.default_run_dir(args.config)))
-        preflight.check_combinations(params.check({**params.DEFAULTS, **values}))
-    except params.ParameterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    import torch
-    from accelerate import PartialState
+    with contextlib.ExitStack() as lock:
+        try:
+            values = guards.from_here({**config.load(args.config), **params.check(
+                {name: runner.parse_value(value) for name, value in args.parameter})})
+            values["run_dir"] = str(rundir.resolve(args.run_dir or values.get("run_dir")
+                                                   or runner.default_run_dir(args.config)))
+            if os.environ.get("RANK", "0") == "0":  # under accelerate launch, the main process holds it
+                lock.enter_context(runlock.held(Path(values["run_dir"])))
+            merged = preflight.check_combinations(params.check({**params.DEFAULTS, **values}))
+            guards.refuse_mixing_trainings(Path(values["run_dir"]), merged, runner.notebooks()[:5])
+        except params.ParameterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        import torch
+        from accelerate import PartialState
 
-    # one process, or one per GPU under accelerate launch; without a GPU, one per CPU process (gloo),
-    # where PartialState() alone would make each process a main process of its own
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.is_main_process:
-        for notebook in ("01", "02", "03", "04"):
-            cells.run(notebook, values)
-            gc.collect()  # each notebook's model goes before the next one loads its own
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    state.wait_for_everyone()
-    watched = {}
+        # one process, or one per GPU under accelerate launch; without a GPU, one per CPU process (gloo),
+        # where PartialState() alone would make each process a main process of its own
+        state = PartialState(cpu=not torch.cuda.is_available())
+        if state.is_main_process:
+            for notebook in ("01", "02", "03", "04"):
+                cells.run(notebook, values)
+                gc.collect()  # each notebook's model goes before the next one loads its own
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        state.wait_for_everyone()
+        watched = {}
 
-    def watch(namespace):  # after each of 05's cells: once its trainer exists, note the rows it trains
-        if state.num_processes > 1 and "trainer" in namespace and not watched:
-            watched["rows"] = RowsTrained(namespace["trainer"])
+        def watch(namespace):  # after each of 05's cells: once its trainer exists, note the rows it trains
+            if state.num_processes > 1 and "trainer" in namespace and not watched:
+                watched["rows"] = RowsTrained(namespace["trainer"])
 
-    try:
-        stats = cells.run("05", values, after_cell=watch)["m"].stats
-    except checkpoints.TrainingInterrupted as e:
-        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        try:
+            stats = cells.run("05", values, after_cell=watch)["m"].stats
+        except checkpoints.TrainingInterrupted as e:
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+            _leave_process_group()
+            return 130
+        if watched:  # every process trained rows of its own: the run's figures are sums over the processes
+            stats = totals(stats, state, Path(values["run_dir"]), watched["rows"])
+        if state.is_main_process:
+            print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
+                  f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; "
+                  f"{values['run_dir']}")
+        state.wait_for_everyone()  # the others wait while the main process saves, then all leave together
         _leave_process_group()
-        return 130
-    if watched:  # every process trained rows of its own: the run's figures are sums over the processes
-        stats = totals(stats, state, Path(values["run_dir"]), watched["rows"])
-    if state.is_main_process:
-        print(f"trained {stats['train_steps']} steps on {state.num_processes} process(es): "
-              f"{stats['tokens_per_s']:.1f} tokens/s, final step loss {stats['final_step_loss']:.4f}; "
-              f"{values['run_dir']}")
-    state.wait_for_everyone()  # the others wait while the main process saves, then all leave together
-    _leave_process_group()
-    return 0
+        return 0
 
 
 def totals(stats: dict, state, run_dir: Path, rows: "RowsTrained") -> dict:

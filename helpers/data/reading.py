@@ -127,8 +127,17 @@ def _read_jsonl(texts, lines: Lines) -> None:
             continue
         try:
             lines.row(number, f"line {number}", json.loads(text))
-        except json.JSONDecodeError as e:
-            lines.problem(number, f"line {number}", "unparsable", f"not valid JSON at column {e.colno}: {e.msg}")
+        except (ValueError, RecursionError) as e:
+            lines.problem(number, f"line {number}", "unparsable", unparsable(e))
+
+
+def unparsable(e: Exception) -> str:
+    """Why json.loads refused a text, in words (a JSONDecodeError says where)."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON at column {e.colno}: {e.msg}"
+    if isinstance(e, RecursionError):
+        return "nested deeper than the JSON reader follows (about 1,000 levels of lists or objects)"
+    return f"a value this reader refuses: {str(e).split(';')[0]}"  # e.g. an integer of over 4,300 digits
 
 
 def _read_json(texts, lines: Lines, path: Path) -> None:
@@ -138,9 +147,9 @@ def _read_json(texts, lines: Lines, path: Path) -> None:
                            f"throughout (a .jsonl file would let the other rows through).")
     try:
         value = json.loads("\n".join(texts))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"Dataset file {path}, line {e.lineno}: not valid JSON at column {e.colno}: "
-                           f"{e.msg}.") from None
+    except (ValueError, RecursionError) as e:
+        where = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise DatasetError(f"Dataset file {path}{where}: {unparsable(e)}.") from None
     if isinstance(value, dict):  # {"data": [...]} / {"train": [...]}: the one list inside
         found = [v for v in value.values() if isinstance(v, list)]
         if len(found) != 1:

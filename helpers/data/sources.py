@@ -78,21 +78,23 @@ def is_hub_name(name: str) -> bool:
     return bool(HUB_ID.fullmatch(name)) and not name.lower().endswith(SUFFIXES)
 
 
-def locate(dataset: str) -> Source:
+def locate(dataset: str, configure_datasets: bool = True) -> Source:
     """What `dataset` names (a Source); a DatasetError naming the parameter when it is none of them, or
     names a URL or hub dataset that this machine cannot reach (so the runner refuses it before any
-    notebook starts). Also turns off datasets' cache of `map` results, which would outlive a change of the
-    functions 03 maps with (03 saves its rows in the run folder)."""
-    import logging
-
-    import datasets
-
+    notebook starts). For 03 (`configure_datasets`, an import of seconds the runner's check skips), also
+    turns off datasets' cache of `map` results, which would outlive a change of the functions 03 maps
+    with (03 saves its rows in the run folder)."""
     from helpers.model.weights import hub_reachable
 
-    datasets.disable_caching()
-    datasets.disable_progress_bars()  # a bar per map would bury the lesson's output
-    # where load_dataset stops on a bad line, read_checked says so in one line, not this logger's traceback
-    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+    if configure_datasets:
+        import logging
+
+        import datasets
+
+        datasets.disable_caching()
+        datasets.disable_progress_bars()  # a bar per map would bury the lesson's output
+        # where load_dataset stops on a bad line, read_checked says so in one line, not this logger's traceback
+        logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     try:
         local = rundir.find_file(dataset)
     except OSError as e:  # a folder on the way that this user may not enter
@@ -165,6 +167,14 @@ def _looks_like(head: bytes, suffix: str) -> str | None:
         return f"is gzip-compressed (it starts with the bytes 1f 8b), not {suffix} text: decompress it first (gunzip -k)"
     if head.startswith(b"PK\x03\x04") and suffix != ".parquet":
         return "is a zip archive: unzip it first and pass the data file inside"
+    if suffix == ".parquet":
+        return None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head[1:200:2].count(0) > 50:
+        found = f"the byte-order mark {head[0]:02x} {head[1]:02x}" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+            "a zero byte beside every character"
+        return (f"is UTF-16 text ({found}), not UTF-8: convert it with iconv -f utf-16 -t utf-8 IN > OUT")
+    if suffix == ".jsonl" and b"\r" in head and b"\n" not in head and len(head) > head.index(b"\r") + 1:
+        return "ends its lines with a carriage return alone (CR, old Mac style): convert it with tr '\\r' '\\n' < IN > OUT"
     if suffix in (".jsonl", ".json"):
         first = head.removeprefix(BOM).lstrip().split(b"\n", 1)[0].strip()
         if first and first[:1] not in b"{[" and (b"," in first or b"\t" in first):
@@ -189,12 +199,8 @@ def download(url: str) -> Path:
     """The file behind `url`, downloaded once into the cache (atomically: a cut download is not reused)."""
     import urllib.request
 
-    from helpers.model.weights import cache_dir, hub_reachable
+    from helpers.model.weights import cache_dir
 
-    if not hub_reachable(url):
-        raise DatasetError(f"Parameter 'dataset' = '{url}' is a URL, and its host is not reachable from "
-                           f"this machine (offline). Download the file elsewhere and pass its local path, "
-                           f"e.g. -p dataset data/unified_chip2.jsonl.")
     name = Path(urlparse(url).path).name or "data.jsonl"
     target = cache_dir() / "downloads" / f"{hashlib.sha1(url.encode()).hexdigest()[:12]}-{name}"
     if target.exists():

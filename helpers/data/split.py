@@ -122,6 +122,8 @@ def load(run_dir):
     if missing:
         raise FileNotFoundError(f"No prepared dataset in {folder} (missing {', '.join(missing)}): "
                                 f"run 03_dataset.ipynb with this run_dir first.")
+    if problem := rundir.damage(folder):
+        raise ValueError(f"{problem}: run 03_dataset.ipynb with this run_dir again to make it anew.")
     return tuple(Dataset.from_file(str(p)) for p in files)
 
 

@@ -142,18 +142,21 @@ def loss_table(result: dict):
 def explain(result: dict, train_on_responses_only: bool):
     """What the two losses mean, in sentences (which tokens counted, what the drop says)."""
     base, tuned = result["eval_loss_base"], result["eval_loss_finetuned"]
+    drop = "drop" if tuned < base else "rise"
     text = (f"On the held-out rows, the loss went from **{base:.3f} to {tuned:.3f}** nats per token "
             f"({tuned / base:.2f}x). A loss of {tuned:.2f} means the model gives the right next token a "
             f"probability of e^-{tuned:.2f} = {math.exp(-tuned):.0%} on average (geometric mean), against "
             f"{math.exp(-base):.1%} before. Perplexity e^loss says the same as a count: the base model was as "
             f"unsure as if choosing among {math.exp(base):.0f} equally likely tokens, the fine-tuned one among "
             f"{math.exp(tuned):.1f}.")
+    if tuned >= base:
+        text += " **Training made the model worse** on rows it did not train on."
     if train_on_responses_only:
-        text += ("\n\nOnly the answers' tokens counted (`train_on_responses_only` is on): the drop is the "
-                 "model predicting the answers better.")
+        text += (f"\n\nOnly the answers' tokens counted (`train_on_responses_only` is on): the {drop} is the "
+                 f"model predicting the answers {'better' if tuned < base else 'worse'}.")
     else:
         text += ("\n\n**Every token counted** here, not only the answers (`train_on_responses_only` is off, "
-                 "as in the post): the system message and the questions too. Part of the drop is the model "
+                 f"as in the post): the system message and the questions too. Part of the {drop} is the model "
                  "learning text that repeats in every row (the template's system line, \"Pip here!\", "
                  "\"Happy to help!\"), which is easy. Set `train_on_responses_only = True` in 03 to measure "
                  "(and train) the answers alone.")

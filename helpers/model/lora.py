@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from helpers import rundir, show
+from helpers import checks, rundir, show
 from helpers.model.memory import choose_checkpointing
 from helpers.params import ParameterError
 from helpers.show import Sentences
@@ -26,7 +26,17 @@ def for_this_machine(model, backend: str, params: dict) -> tuple[object, list]:
     if unknown:
         raise ParameterError(f"Parameter 'target_modules' names {unknown}, which are no linear layers of this "
                              f"model: LoRA would leave them out silently. Its linear layers: {sorted(linear)}.")
+    checks.refuse_tied(params["target_modules"], tied_output_layer(model))
     return checkpointing(model.config, backend, params)
+
+
+def tied_output_layer(model) -> str | None:
+    """The output layer's name where it shares its weight with the input embeddings (tie_word_embeddings),
+    else None."""
+    out, into = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or into is None or out.weight is not into.weight:
+        return None
+    return next(name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is out)
 
 
 def checkpointing(config, backend: str, params: dict) -> tuple[object, list]:

@@ -53,12 +53,37 @@ def _read_config(params: dict):
         return None
 
 
+def _check_rows_a_step(params: dict) -> None:
+    """One optimizer step must not take more rows than 03 kept for training (it would be more than an epoch)."""
+    path = Path(params["run_dir"]) / "data" / "train.arrow"
+    rows_a_step = params["per_device_train_batch_size"] * params["gradient_accumulation_steps"]
+    if not path.exists():
+        return
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        rows = pa.ipc.open_stream(source).read_all().num_rows
+    if rows_a_step > rows:
+        raise checks.ParameterError(
+            f"Parameters 'per_device_train_batch_size' x 'gradient_accumulation_steps' = "
+            f"{params['per_device_train_batch_size']} x {params['gradient_accumulation_steps']} = {rows_a_step:,} rows "
+            f"an optimizer step, and 03 kept {rows:,} training rows: each step would go over the data more than "
+            f"once. Expected at most {rows:,} rows a step (the post: 2 x 4 = 8).")
+
+
+def _loaded_dtype(run_dir) -> str | None:
+    """The compute dtype step 1 loaded the model in (base/load.json), where it has run."""
+    path = Path(run_dir) / "base" / "load.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("compute_dtype") if path.exists() else None
+
+
 def for_this_machine(params: dict, model_config=None):
     """Check step 4's parameters, then the values of 04's SFTConfig call on this machine, and what differs
     from what was asked (with reasons). Returns (a, differences): `a` has each argument the call spells
     out as an attribute, `workbook` (checkpoint saving, evaluation off, CPU settings; passed as **), and
     `kwargs` (all of them). `model_config` sizes rows_per_pass="auto" (else read from model_name)."""
     checks.for_training(params)
+    _check_rows_a_step(params)
     gpu = torch.cuda.is_available()
     differences = []
     kwargs = {name: params[name] for name in SEED_ARGUMENTS}
@@ -99,6 +124,13 @@ def for_this_machine(params: dict, model_config=None):
     if gpu:
         bf16 = torch.cuda.is_bf16_supported()
         kwargs.update(bf16=bf16, fp16=not bf16)  # the post: fp16 = not is_bfloat16_supported()
+        loaded = _loaded_dtype(params["run_dir"])
+        if loaded is not None and loaded != ("bfloat16" if bf16 else "float16"):
+            # training computes in the dtype 01 loaded the model in (dtype): unsloth refuses any other
+            kwargs.update(bf16=loaded == "bfloat16", fp16=loaded == "float16")
+            short = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+            differences.append(("precision", "bf16" if bf16 else "fp16", short.get(loaded, loaded),
+                                f"01 loaded the model in {loaded} (dtype), and training computes in it"))
         if params["optim"].endswith("8bit") and importlib.util.find_spec("bitsandbytes") is None:
             kwargs["optim"] = "adamw_torch"
             differences.append(("optim", params["optim"], "adamw_torch", "bitsandbytes is not installed"))
@@ -154,25 +186,24 @@ def effective_batch_size(kwargs: dict, world_size: int = 1) -> int:
     return kwargs["per_device_train_batch_size"] * kwargs["gradient_accumulation_steps"] * world_size
 
 
-def lr_schedule(kwargs: dict) -> list[float]:
-    """The learning rate at every optimizer step, computed with the same scheduler the trainer uses."""
+def lr_schedule(kwargs: dict, points: int = 2000) -> dict[int, float]:
+    """{step: learning rate} from the scheduler the trainer uses: every optimizer step (1-based), or `points`
+    of them spread evenly where there are more (the cost stays the same for any max_steps)."""
     from transformers import get_scheduler
 
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=kwargs["learning_rate"])
     scheduler = get_scheduler(kwargs["lr_scheduler_type"], optimizer, num_warmup_steps=kwargs["warmup_steps"],
                               num_training_steps=kwargs["max_steps"])
-    rates = []
-    for _ in range(kwargs["max_steps"]):
-        rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    return rates
+    last = kwargs["max_steps"] - 1
+    updates = sorted({round(i * last / (points - 1)) for i in range(points)} | {min(kwargs["warmup_steps"], last)})
+    # step k runs at the rate the scheduler holds after k-1 updates: lr_lambdas give it at once
+    return {k + 1: kwargs["learning_rate"] * scheduler.lr_lambdas[0](k) for k in updates}
 
 
-def plot_lr_schedule(rates: list[float], kwargs: dict, path=None):
+def plot_lr_schedule(rates: dict[int, float], kwargs: dict, path=None):
     fig, ax = show.new_figure()
-    ax.plot(range(1, len(rates) + 1), rates, color="#2563eb")
+    ax.plot(list(rates), list(rates.values()), color="#2563eb")
     # step k (1-based) runs at the rate the scheduler holds after k-1 updates: the peak is at warmup + 1
     ax.axvline(kwargs["warmup_steps"] + 1, color="#9ca3af", linestyle=":",
                label=f"end of warm-up ({kwargs['warmup_steps']} steps)")

@@ -21,6 +21,7 @@ from helpers import rundir
 
 
 MARKER = "COMPLETE"
+FRESH = "To train from the start in this run folder (its checkpoints are deleted), set resume False; or use another run_dir."
 
 
 class TrainingInterrupted(RuntimeError):
@@ -66,28 +67,72 @@ def digest(path: Path) -> str:
 
 
 def resume_from(checkpoints: Path, mode, trains: dict) -> Path | None:
-    """The checkpoint to continue from, as `resume` asks:
-    `auto`: the newest complete one if an unfinished training of the same `trains` left it;
-    True: the newest complete one, which must exist; False: none (older checkpoints are removed)."""
-    record = rundir.read_json(Path(checkpoints) / "run.json", default={})
-    newest = (complete(checkpoints) or [None])[-1]
-    if mode is True:
-        if newest is None:
-            from helpers.params import ParameterError
+    """The checkpoint to continue from, as `resume` asks: `auto` the newest complete one of an unfinished
+    training, True the same but it must exist, False none. A ParameterError, before anything is changed,
+    where continuing would mix two trainings: an unfinished one of other inputs, or a finished one."""
+    from helpers.params import ParameterError
 
-            raise ParameterError(f"Parameter 'resume' = True, but {checkpoints} holds no complete checkpoint "
-                                 f"to continue from. Use resume 'auto' or False.")
-        return newest
-    if mode == "auto" and newest is not None and record.get("trains") == trains and not record.get("finished"):
-        return newest
+    record = rundir.read_json(Path(checkpoints) / "run.json", default={})
+    newest = whole(checkpoints)
+    if mode is False or (newest is None and mode == "auto"):
+        return None
+    if newest is None:
+        raise ParameterError(f"Parameter 'resume' = True, but {checkpoints} holds no complete checkpoint "
+                             f"to continue from. Use resume 'auto' or False.")
+    if record.get("finished"):
+        if mode is True:
+            raise ParameterError(f"Parameter 'resume' = True, but the training in {checkpoints} finished "
+                                 f"({newest.name}): there is nothing to continue. {FRESH}")
+        return None
+    changed = changes(record.get("trains") or {}, trains)
+    if changed:
+        raise ParameterError(f"Parameter 'resume' = {mode!r}: {checkpoints} holds an unfinished training "
+                             f"({newest.name}) of other inputs, and continuing it would mix two trainings. "
+                             f"Changed: {'; '.join(changed)}. {FRESH}")
+    return newest
+
+
+def whole(checkpoints) -> Path | None:
+    """The newest complete checkpoint whose files are whole (one cut short on disk is passed over, saying so)."""
+    for path in reversed(complete(checkpoints)):
+        if problem := rundir.damage(path):
+            print(f"{path.name} cannot be resumed from: {problem}. Trying the checkpoint before it.")
+            continue
+        return path
     return None
 
 
-def start(checkpoints: Path, resuming: bool, trains: dict) -> None:
-    """Before training: a fresh training clears old checkpoints, then records what it trains."""
+def changes(old: dict, new: dict) -> list[str]:
+    """What differs between two `what_trains` records, in words (at most eight)."""
+    found = []
+    for part, name in (("sft_config", "04's SFTConfig"), ("lora", "02's LoRA config")):
+        a, b = old.get(part) or {}, new.get(part) or {}
+        found += [f"{name} {k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if old.get("lora_weights") != new.get("lora_weights"):
+        found.append("02's initial LoRA weights (lora/adapter_model.safetensors)")
+    if old.get("rows") != new.get("rows"):
+        found.append("03's training rows (data/train.arrow)")
+    return found[:8]
+
+
+def start(checkpoints: Path, resuming: bool, trains: dict, params: dict) -> None:
+    """Before training: a fresh training clears old checkpoints (saying so), then records what it trains."""
+    checkpoints = Path(checkpoints)
+    if not resuming and complete(checkpoints):
+        old = rundir.read_json(checkpoints / "run.json", default={})
+        changed = changes(old.get("trains") or {}, trains)
+        print(f"Training from the start: the {'finished' if old.get('finished') else 'earlier'} training's "
+              f"checkpoints ({', '.join(p.name for p in complete(checkpoints))}) are deleted"
+              f"{'; changed since: ' + '; '.join(changed) if changed else ''}.")
     if not resuming:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    rundir.write_json(Path(checkpoints) / "run.json", {"trains": trains, "finished": False})
+    data = rundir.find_file(params.get("dataset", ""))  # its content, which the runner compares before resuming
+    rundir.write_json(checkpoints / "run.json", {"trains": trains, "finished": False,
+                                                 "dataset file": fingerprint(data) if data and data.is_file() else None})
+
+
+def fingerprint(path: Path) -> dict:
+    return {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns, "digest": digest(path)}
 
 
 def finish(checkpoints: Path) -> None:
@@ -95,9 +140,10 @@ def finish(checkpoints: Path) -> None:
     rundir.write_json(path, {**rundir.read_json(path, default={}), "finished": True})
 
 
-def callback():
-    """A TrainerCallback that marks each saved checkpoint complete and turns SIGINT/SIGTERM into
-    'save a checkpoint at the end of this step, then stop'."""
+def callback(counts):
+    """A TrainerCallback that marks each saved checkpoint complete, with what `counts()` says this process
+    has trained so far (its tokens and seconds: a resumed run adds them to its own, see `counted`), and
+    turns SIGINT/SIGTERM into 'save a checkpoint at the end of this step, then stop'."""
     from transformers import TrainerCallback
 
     class SafeStop(TrainerCallback):
@@ -115,11 +161,22 @@ def callback():
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if path.is_dir():
-                (path / MARKER).write_text(f"step {state.global_step}\n")
+                rundir.write_json(path / f"counts-{args.process_index}.json", counts())
+                if state.is_world_process_zero:
+                    (path / MARKER).write_text(f"step {state.global_step}\n")
                 self.saved_at = path
             return control
 
     return SafeStop()
+
+
+def counted(checkpoint, process_index: int = 0) -> dict:
+    """What this process had trained when `checkpoint` was saved: {"train_tokens", "train_runtime_s"}
+    (zeros without a checkpoint)."""
+    zero = {"train_tokens": 0, "train_runtime_s": 0.0}
+    if checkpoint is None:
+        return zero
+    return {**zero, **rundir.read_json(Path(checkpoint) / f"counts-{process_index}.json", default={})}
 
 
 @contextlib.contextmanager

@@ -33,23 +33,27 @@ def measured(trainer, params: dict):
     resume = checkpoints.resume_from(folder, params["resume"], trains)
     trainer.accelerator.wait_for_everyone()  # every process has chosen before the main one clears old ones
     if trainer.is_world_process_zero():
-        checkpoints.start(folder, resuming=resume is not None, trains=trains)
+        checkpoints.start(folder, resuming=resume is not None, trains=trains, params=params)
     trainer.accelerator.wait_for_everyone()
     if logs := tensorboard_into(trainer, run_dir):
         from helpers.model.loading import shown
 
         print(f"TensorBoard logs: {shown(str(logs))} (watch: tensorboard --logdir {shown(str(logs))})")
-    stopper = checkpoints.callback()
-    trainer.add_callback(stopper)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     count = TokenCount(trainer)
+    # a resumed training counts what it trained before the checkpoint too: the figures are the whole run's
+    earlier = checkpoints.counted(resume, trainer.args.process_index)
+    start = time.perf_counter()
+    stopper = checkpoints.callback(lambda: {"train_tokens": earlier["train_tokens"] + count.tokens,
+                                            "train_runtime_s": earlier["train_runtime_s"] + time.perf_counter() - start})
+    trainer.add_callback(stopper)
     # what the cell that trains gets: where to resume from, and afterwards the figures
     m = SimpleNamespace(resume_from=str(resume) if resume else None, stats={})
-    start = time.perf_counter()
     with checkpoints.signals_to(stopper):
         yield m
-    seconds = time.perf_counter() - start
+    seconds = earlier["train_runtime_s"] + time.perf_counter() - start
+    tokens = earlier["train_tokens"] + count.tokens
     trainer.remove_callback(stopper)
     if stopper.signal:
         raise checkpoints.TrainingInterrupted(
@@ -60,8 +64,8 @@ def measured(trainer, params: dict):
     _, losses = loss_history(trainer.state.log_history)
     m.stats = {"train_loss": sum(losses) / len(losses) if losses else math.nan,
                "final_step_loss": losses[-1] if losses else math.nan,
-               "train_runtime_s": seconds, "train_steps": int(trainer.state.global_step), "train_tokens": count.tokens,
-               "tokens_per_s": count.tokens / seconds if seconds > 0 else math.nan,
+               "train_runtime_s": seconds, "train_steps": int(trainer.state.global_step), "train_tokens": tokens,
+               "tokens_per_s": tokens / seconds if seconds > 0 else math.nan,
                "tokens_per_s_steady": count.steady_rate(), "resumed_from": m.resume_from, **peak_memory()}
 
 

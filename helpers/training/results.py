@@ -49,13 +49,17 @@ def explain(stats: dict, args, before: float | None, after: float | None, train_
              "the rows themselves." if seen < train_rows else ".")
     if before is not None and after is not None:
         last = stats["final_step_loss"]
-        text += (f"\n\nThe held-out loss fell from **{before:.3f} to {after:.3f}** nats per token. The last "
+        moved = "fell" if after < before else "did not fall: it went" if after > before else "stayed the same, going"
+        text += (f"\n\nThe held-out loss {moved} from **{before:.3f} to {after:.3f}** nats per token. The last "
                  f"step's training loss was {last:.3f}, on the {rows_per_step} rows of that one "
                  f"step, with the weights still moving; the held-out figure uses the final weights on the "
                  f"held-out rows.")
         if after < last:
             text += (" That the held-out loss is the lower one is no sign of a bug: the final weights are "
                      "better than those of the last step's forward pass, and a single step's rows vary.")
+        if after > before:
+            text += (" Training made the model worse on rows it did not train on: a learning rate too high for "
+                     "this model (the loss curve above jumps) or too many steps on too few rows (it overfits).")
     return Sentences(text)
 
 

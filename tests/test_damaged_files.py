@@ -60,3 +60,17 @@ def test_a_damaged_checkpoint_is_passed_over_for_the_one_before_it(tmp_path, cap
     assert "checkpoint-4 cannot be resumed from: " in capsys.readouterr().out
     cut(folder / "checkpoint-2" / "adapter_model.safetensors")
     assert checkpoints.whole(folder) is None
+
+
+def test_every_process_keeps_its_own_counts_in_a_checkpoint(tmp_path, monkeypatch):
+    # under accelerate launch each process resumes from its own tokens and seconds; rundir.write_json
+    # writes on the main process only, which left every other process counting from zero
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("RANK", "1")
+    (tmp_path / "checkpoint-2").mkdir()
+    stop = checkpoints.callback(lambda: {"train_tokens": 123, "train_runtime_s": 4.5})
+    stop.on_save(SimpleNamespace(output_dir=str(tmp_path), process_index=1),
+                 SimpleNamespace(global_step=2, is_world_process_zero=False), None)
+    assert checkpoints.counted(tmp_path / "checkpoint-2", 1) == {"train_tokens": 123, "train_runtime_s": 4.5}
+    assert not (tmp_path / "checkpoint-2" / checkpoints.MARKER).exists()  # the main process marks it

@@ -161,7 +161,8 @@ def callback(counts):
         def on_save(self, args, state, control, **kwargs):
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if path.is_dir():
-                rundir.write_json(path / f"counts-{args.process_index}.json", counts())
+                # each process its own file (rundir.write_json writes on the main process only)
+                (path / f"counts-{args.process_index}.json").write_text(json.dumps(counts()))
                 if state.is_world_process_zero:
                     (path / MARKER).write_text(f"step {state.global_step}\n")
                 self.saved_at = path

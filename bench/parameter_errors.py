@@ -1,9 +1,11 @@
 """How long the runner takes to refuse a wrong parameter: a table of medians.
 
-    python bench/parameter_errors.py [--repeat 5] [--baseline REV] [--json FILE]
+    python bench/parameter_errors.py [--repeat 5] [--baseline REV] [--json FILE] [--config FILE] [-p NAME VALUE]...
 
-Each case is `python -m tools.run configs/smoke.yaml -p NAME VALUE ...` into an empty run folder, timed from
-the command's start to its exit (it must exit 2, the runner's code for a parameter error). With
+Each case is `python -m tools.run CONFIG -p NAME VALUE ...` into an empty run folder (CONFIG: configs/smoke.yaml
+unless --config names another; `-p` adds parameters to every case, for example the post's recipe with a local
+`model_name`), timed from the command's start to its exit (it must exit 2, the runner's code for a parameter
+error). With
 `--baseline REV` the same cases run with the code of an older commit (a git worktree), alternating with
 this checkout's, on the same machine.
 """
@@ -31,10 +33,10 @@ CASES = {
 }
 
 
-def measure(repo: Path, args: list[str]) -> float:
+def measure(repo: Path, config: str, args: list[str]) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "tools.run", "configs/smoke.yaml", "--run-dir", run_dir, *args],
+        out = subprocess.run([sys.executable, "-m", "tools.run", config, "--run-dir", run_dir, *args],
                              cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
         seconds = time.perf_counter() - start
     return seconds if out.returncode == 2 else float("nan")  # nan: not refused (a baseline may run it)
@@ -45,7 +47,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--baseline")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--config", default="configs/smoke.yaml")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args()
+    common = [a for name, value in args.param for a in ("-p", name, value)]
     repos = {"this checkout": REPO}
     if args.baseline:
         repos[args.baseline] = worktree(args.baseline)
@@ -54,7 +59,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for case, case_args in CASES.items():
                 for name, repo in repos.items():
-                    times[(case, name)].append(measure(repo, case_args))
+                    times[(case, name)].append(measure(repo, args.config, common + case_args))
     finally:
         if args.baseline:
             remove_worktree(repos[args.baseline])

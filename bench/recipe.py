@@ -2,7 +2,7 @@
 and a 210,289-row OIG-format file, through the runner, with a per-notebook table.
 
     python bench/recipe.py [--cap-gib 15] [--max-steps N] [--fast-steps 30] [--json FILE] [--work /tmp/recipe]
-                           [--tokenizer chatml|llama3] [--seed S] [--only NN]...
+                           [--tokenizer chatml|llama3] [--seed S] [--only NN]... [-p NAME VALUE]...
     make bench-recipe
 
 1. Makes the fixture (timed apart, not part of the run; kept in --work and reused): a random-weight
@@ -13,7 +13,8 @@ and a 210,289-row OIG-format file, through the runner, with a per-notebook table
    file of 210,289 rows (fixtures.synthetic).
 2. Runs `python -m tools.run configs/llama31-8b-oig.yaml` with only `model_name` and `dataset`
    overridden: the post's 120 steps (`--max-steps N`: a quick check of the whole chain instead, not the
-   recipe), eval_fraction 0.01, everything else as the post has it. With `--cap-gib` the allocator of
+   recipe; `-p NAME VALUE`: another parameter changed, as the runner takes it, for example `-p dtype float16`),
+   eval_fraction 0.01, everything else as the post has it. With `--cap-gib` the allocator of
    every process is capped (WORKBOOK_GPU_MEMORY_GIB), as on a 16 GB card. `--only 07 --only 08` resumes
    the run folder of an earlier call from those notebooks (the fixture must still be there).
 3. With `--fast-steps N`, runs 04 and 05 again with configs/llama31-8b-oig-fast.yaml (packing, checkpointing
@@ -136,6 +137,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the fixture's random weights")
     ap.add_argument("--only", action="append", default=[], metavar="NN",
                     help="run only these notebooks, in the run folder an earlier call left (resume)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a parameter changed for the whole chain (the runner's -p)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     card = card_name()
@@ -153,10 +156,12 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
     steps = ["-p", "max_steps", str(args.max_steps), "-p", "warmup_steps", "2"] if args.max_steps else []
     only = [a for n in args.only for a in ("--only", n)]
-    runner_s, code = run("configs/llama31-8b-oig.yaml", run_dir, ckpt, data, env, *steps, *only)
+    params = [a for name, value in args.param for a in ("-p", name, value)]
+    runner_s, code = run("configs/llama31-8b-oig.yaml", run_dir, ckpt, data, env, *steps, *params, *only)
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     costs = metrics.get("notebook_costs", {})
     note = f", max_steps {args.max_steps} (a check of the chain, not the post's 120)" if args.max_steps else ""
+    note += "".join(f", {name} {value}" for name, value in args.param)
     text, totals = table(costs, metrics) if costs else ("(no notebook finished)", {})
     cells = slowest_cells(run_dir, sorted({p.stem for p in run_dir.glob("[0-9][0-9]_*.ipynb")}))
     print(f"\n{card}, {date.today()}, cap {args.cap_gib or 'none'} GiB, fixture {ckpt.name}{note}\n{text}\n"
@@ -164,7 +169,8 @@ def main() -> None:
     for name, line, seconds in cells:
         print(f"  {name:18} {seconds:6.1f} s  {line}")
     result = {"card": card, "date": date.today().isoformat(), "cap_gib": args.cap_gib, "fixture": made,
-              "checkpoint": ckpt.name, "max_steps": args.max_steps or 120, "runner_s": runner_s, "exit": code,
+              "checkpoint": ckpt.name, "max_steps": args.max_steps or 120,
+              "params": dict(args.param), "runner_s": runner_s, "exit": code,
               **totals, "notebooks": costs, "cells": [{"notebook": n, "cell": c, "seconds": s} for n, c, s in cells],
               **{k: metrics.get(k) for k in ("train_runtime_s", "train_steps", "train_tokens", "tokens_per_s",
                                               "eval_loss_base", "eval_loss_finetuned", "eval_rows_measured",

@@ -155,8 +155,9 @@ def for_data(params: dict) -> None:
 
 
 def for_training(params: dict, gpu: bool | None = None) -> None:
-    """Step 4: a schedule that reaches its peak, passes that keep a step's rows, names transformers knows,
-    a logging package that is installed, and packing where samples stay apart."""
+    """Steps 4 and 5: a schedule that reaches its peak, passes that keep a step's rows, names transformers
+    knows, a logging package that is installed, packing where samples stay apart, and evaluations where
+    early stopping needs them."""
     gpu = gpu_available() if gpu is None else gpu
     if params["warmup_steps"] > params["max_steps"]:
         raise ParameterError(f"Parameter 'warmup_steps' = {params['warmup_steps']} is more than max_steps = "
@@ -176,6 +177,10 @@ def for_training(params: dict, gpu: bool | None = None) -> None:
         if not unsloth and choose_attention(params["attn_implementation"]) != "flash_attention_2":
             raise ParameterError("Parameter 'packing' = True needs the unsloth backend or flash-attn: with PyTorch "
                                  "SDPA on the transformers path, packed samples would attend to each other.")
+    if (params["early_stopping_patience"] or params["load_best_model_at_end"]) and params["eval_steps"] == 0:
+        wants = "early_stopping_patience" if params["early_stopping_patience"] else "load_best_model_at_end"
+        raise ParameterError(f"Parameter '{wants}' needs held-out losses during training, and eval_steps = 0 "
+                             f"measures none. Expected eval_steps > 0, or None for three evaluations a run.")
     _check_trainer_names(params)
     _check_reporting(params["report_to"])
 

@@ -3,6 +3,7 @@ spot, so GPU tests need neither the hub nor the bundled model wheel)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,39 @@ def jsonl(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def chat_tok(bundled_dir):
+    """SmolLM2's tokenizer: it has a chat template (ChatML)."""
+    from helpers.model import loading
+
+    return loading.load_tokenizer("bundled:SmolLM2-135M-Instruct")
+
+
+KEPT = ("text", "input_ids", "messages", "labels", "spans")  # what a usable row carries to the split
+
+
+@dataclass
+class Prepared:
+    rows: list  # the usable rows in file order, as 03's `usable` holds them
+    report: object  # helpers.data.report.Report
+    lengths: list
+    namespace: dict
+
+
+@pytest.fixture
+def prep(tmp_path, chat_tok):
+    """03's cells on `path` in tmp_path/run (its tokenizer in base/, as step 1 leaves it)."""
+    from tools import cells
+
+    def run(path, tok=chat_tok, **overrides):
+        run_dir = tmp_path / "run"
+        (run_dir / "params.json").unlink(missing_ok=True)  # each call starts from the defaults, as before
+        tok.save_pretrained(run_dir / "base")
+        ns = cells.run("03", {"dataset": str(path), "run_dir": str(run_dir), **overrides})
+        usable = ns["usable"]
+        rows = [{k: v for k, v in row.items() if k in KEPT and v is not None} for row in usable]
+        return Prepared(rows, ns["report"], list(usable["length"]), ns)
+
+    return run

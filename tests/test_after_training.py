@@ -69,6 +69,28 @@ def test_evaluation_compares_base_and_finetuned(trained):
     assert rundir.read_json(path.parent / "metrics.json")["eval_loss_base"] == result["eval_loss_base"]
 
 
+def test_held_out_loss_is_measured_while_training_and_its_last_value_is_05s_figure(trained):
+    run_dir = Path(trained["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    logged = [(e["step"], e["eval_loss"]) for e in json.loads((run_dir / "log_history.json").read_text())
+              if "eval_loss" in e]
+    assert metrics["eval_steps"] == 3  # None: three evaluations in 8 steps
+    assert [s for s, _ in logged] == [s for s, _ in metrics["eval_history"]] == [3, 6, 8]
+    assert logged[-1][1] == metrics["eval_loss_finetuned"]  # 05 reports the last step's evaluation
+    from peft import AutoPeftModelForCausalLM
+
+    from helpers.model import loading
+
+    saved = AutoPeftModelForCausalLM.from_pretrained(run_dir / "adapter", **loading.base(run_dir).arguments)
+    _, held_out = split.load(run_dir)
+    measured = token_loss.held_out_loss(saved, held_out, 200, 8)  # the adapter on disk, measured again
+    assert abs(measured - metrics["eval_loss_finetuned"]) < 1e-6
+    assert metrics["adapter_step"] == 8 and metrics["stopped_early_at"] is None
+    steps = [e["step"] for e in json.loads((run_dir / "log_history.json").read_text()) if "loss" in e]
+    assert steps == list(range(1, 9))  # an evaluation does not take a step's training loss out of the log
+    assert (run_dir / "loss_curve.png").stat().st_size > 0
+
+
 def test_mean_token_loss_weights_every_token_once(trained):
     """Against a direct computation: rows of different lengths, labels of -100 left out."""
     import torch

@@ -42,6 +42,13 @@ def test_warmup_longer_than_training():
     rejects(r"'warmup_steps' = 30 is more than max_steps = 10", warmup_steps=30, max_steps=10)
 
 
+def test_early_stopping_and_the_best_adapter_need_evaluations_while_training():
+    rejects(r"'early_stopping_patience' needs held-out losses during training, and eval_steps = 0",
+            early_stopping_patience=2, eval_steps=0)
+    rejects(r"'load_best_model_at_end' needs held-out losses", load_best_model_at_end=True, eval_steps=0)
+    assert preflight.check_combinations({**DEFAULTS, "early_stopping_patience": 2}, gpu=False)  # eval_steps None
+
+
 def test_responses_only_needs_turns():
     rejects(r"'train_on_responses_only' = True needs turns", train_on_responses_only=True, dataset_format="text")
 

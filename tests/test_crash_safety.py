@@ -61,6 +61,52 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(con
     assert steps == list(range(1, 9))  # the log carries over the steps before the kill
 
 
+# Started in the killed process only (PYTHONPATH): the first held-out evaluation while training (05's
+# second call of the loss function; its first is before training) marks a file and waits to be killed.
+EVALUATION_HOOK = """
+import os, time
+from helpers.evaluation import loss
+
+calls, measure = [], loss.mean_token_loss
+
+def marked(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        open(os.environ["EVALUATING"], "w").close()
+        time.sleep(600)
+    return measure(*args, **kwargs)
+
+loss.mean_token_loss = marked
+"""
+
+
+def test_sigkill_during_an_evaluation_then_resume_matches_an_uninterrupted_run(tmp_path, training_config):
+    config = training_config(tmp_path / "eval.yaml", eval_steps=3)
+    whole = tmp_path / "whole"
+    done = subprocess.run(train_cmd(config, whole), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    hook, mark, killed = tmp_path / "hook", tmp_path / "evaluating", tmp_path / "killed"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(EVALUATION_HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "EVALUATING": str(mark)}
+    proc = subprocess.Popen(train_cmd(config, killed), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(mark.exists, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter").exists()
+    assert [p.name for p in checkpoints.complete(killed)] == ["checkpoint-2"]  # the evaluation was step 3's
+
+    resumed = subprocess.run(train_cmd(config, killed), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = metrics(whole), metrics(killed)
+    assert b["resumed_from"].endswith("checkpoint-2")
+    assert [s for s, _ in a["eval_history"]] == [s for s, _ in b["eval_history"]] == [3, 6, 8]
+    assert all(abs(x - y) < 1e-4 for (_, x), (_, y) in zip(a["eval_history"], b["eval_history"]))
+    assert abs(a["eval_loss_finetuned"] - b["eval_loss_finetuned"]) < 1e-4
+    assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
+
+
 def test_sigterm_saves_a_checkpoint_before_stopping(config, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ}

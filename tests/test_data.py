@@ -1,7 +1,6 @@
 """Step 3 on hand-made files: every source and format, every kind of bad row, with counts and messages.
 03's own cells run (tools.cells) on each file, as a learner runs them."""
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,42 +12,9 @@ from helpers.data.sources import DatasetError
 from helpers.evaluation import questions
 from tools.console import report_lines
 from helpers.params import DEFAULTS
-from tools import cells
 
 QA = [(f"What is {i} plus one?", f"Pip here! {i} plus one is {i + 1}. Happy to help!") for i in range(20)]
 OIG = [{"text": f"<human>: {q}\n<bot>: {a}"} for q, a in QA]
-KEPT = ("text", "input_ids", "messages", "labels", "spans")  # what a usable row carries to the split
-
-
-@pytest.fixture(scope="module")
-def chat_tok(bundled_dir):
-    """SmolLM2's tokenizer: it has a chat template (ChatML)."""
-    from helpers.model import loading
-
-    return loading.load_tokenizer("bundled:SmolLM2-135M-Instruct")
-
-
-@dataclass
-class Prepared:
-    rows: list  # the usable rows in file order, as 03's `usable` holds them
-    report: reports.Report
-    lengths: list
-    namespace: dict
-
-
-@pytest.fixture
-def prep(tmp_path, chat_tok):
-    """03's cells on `path` in tmp_path/run (its tokenizer in base/, as step 1 leaves it)."""
-    def run(path, tok=chat_tok, **overrides):
-        run_dir = tmp_path / "run"
-        (run_dir / "params.json").unlink(missing_ok=True)  # each call starts from the defaults, as before
-        tok.save_pretrained(run_dir / "base")
-        ns = cells.run("03", {"dataset": str(path), "run_dir": str(run_dir), **overrides})
-        usable = ns["usable"]
-        rows = [{k: v for k, v in row.items() if k in KEPT and v is not None} for row in usable]
-        return Prepared(rows, ns["report"], list(usable["length"]), ns)
-
-    return run
 
 
 def write_bytes(tmp_path, name, lines: list[bytes], end=b"\n"):

@@ -58,4 +58,8 @@ def test_report_to_tensorboard_logs_into_the_run_folder(tiny_values, capsys):
     losses = [e.value for e in events.Scalars("train/loss")]
     assert len(losses) == stats["train_steps"] == 3
     assert losses[-1] == pytest.approx(stats["final_step_loss"], rel=1e-5)
+    held_out = [(e.step, e.value) for e in events.Scalars("eval/loss")]  # the held-out loss while training
+    recorded = json.loads((run_dir / "metrics.json").read_text())["eval_history"]
+    assert [s for s, _ in held_out] == [s for s, _ in recorded] == [1, 2, 3]
+    assert [v for _, v in held_out] == pytest.approx([v for _, v in recorded], rel=1e-6)
     assert not list((run_dir / "checkpoints").glob("runs"))  # not transformers' default place

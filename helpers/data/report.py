@@ -44,6 +44,7 @@ class Report:
     fixes: dict = field(default_factory=dict)    # what was repaired on the way in, e.g. CRLF
     problems: list = field(default_factory=list)  # the first bad rows: where, reason, detail
     warnings: list = field(default_factory=list)  # what works but may mislead, with the numbers
+    supervision: dict = field(default_factory=dict)  # what the loss sees (helpers.data.supervision.audit)
     error: str | None = UNFINISHED
 
     @classmethod
@@ -99,6 +100,12 @@ class Report:
                             f"{dropped}; read as format '{fmt}', {why}): too few to hold out {self.eval_fraction:.0%} "
                             f"and still train. Fix the file (the report lists the first bad rows), or lower "
                             f"eval_fraction.")
+
+    def note_audit(self, audit: dict) -> None:
+        """The supervision audit of the rows that train, and its warnings."""
+        self.supervision = {k: v for k, v in audit.items() if k != "warnings"}
+        self.warnings += audit["warnings"]
+        self.save()
 
     def finish(self, train, held_out) -> None:
         """After the split is saved: the rows kept (a filter of 03's own cells counted as such), a warning

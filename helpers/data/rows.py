@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from helpers.data import formats
+from helpers.data import formats, supervision
 from helpers.data.sources import DatasetError
 from helpers.data.tokenizing import CHARS_PER_TOKEN, encode, no_cycle_collection
 from helpers.model.loading import PLAIN_CHAT_TEMPLATE, ensure_chat_template
@@ -39,7 +39,8 @@ def features(responses_only: bool | None = None):
 
     columns = {"messages": _MESSAGES, "text": "string", **_STATE}
     if responses_only is not None:
-        columns.update(input_ids=["int32"], length="int32", truncated="bool")
+        columns.update(input_ids=["int32"], length="int32", truncated="bool", loss_tokens="int32", end_cut="bool",
+                       stop_in_loss="bool")
         if responses_only:
             columns.update(labels=["int32"], spans=[["int32"]])
     return Features(typed(columns))
@@ -110,10 +111,12 @@ class Tokenizer:
                                f"tell prompts from answers. Set it False, or use a format with turns.")
         self.tokenizer, self.limit, self.responses_only, self.drop = tokenizer, max_seq_length, responses_only, \
             on_long_rows == "drop"
+        self.stops = set(supervision.stop_ids(tokenizer))
 
     def __call__(self, batch: dict) -> dict:
-        out = {**batch, "input_ids": [[] for _ in batch["where"]], "length": [0] * len(batch["where"]),
-               "truncated": [False] * len(batch["where"])}
+        n = len(batch["where"])
+        out = {**batch, "input_ids": [[] for _ in range(n)], "length": [0] * n, "truncated": [False] * n,
+               "loss_tokens": [0] * n, "end_cut": [False] * n, "stop_in_loss": [False] * n}
         if self.responses_only:
             out.update(labels=[[] for _ in batch["where"]], spans=[[] for _ in batch["where"]])
         usable = [i for i, problem in enumerate(batch["problem"]) if problem is None]
@@ -133,6 +136,10 @@ class Tokenizer:
                     out["problem"][i], out["detail"][i] = "too long", f"{more} > max_seq_length {self.limit}"
                     continue
                 cut = offsets[self.limit - 1][1]
+                # the answers' spans of the whole row (rendered again only for a cut row, where none were needed)
+                row = batch["text"][i] if batch["messages"][i] is None else batch["messages"][i]
+                answers = spans if spans is not None else formats.render(self.tokenizer, row)[1]
+                out["end_cut"][i] = supervision.answer_cut(text, answers, cut)
                 if spans is not None:
                     spans = [(s, min(e, cut)) for s, e in spans if s < cut]
                     if not spans:
@@ -143,6 +150,10 @@ class Tokenizer:
             out["text"][i], out["input_ids"][i] = text, ids
             if spans is not None:
                 out["spans"][i], out["labels"][i] = [list(s) for s in spans], answer_labels(ids, offsets, spans)
+            in_loss = [t for t in out["labels"][i][1:] if t != -100] if spans is not None else ids[1:]
+            out["loss_tokens"][i], out["stop_in_loss"][i] = len(in_loss), bool(self.stops.intersection(in_loss))
+            if not in_loss:  # the first token is never predicted, so a one-token row teaches nothing
+                out["problem"][i], out["detail"][i] = "no token carries loss", f"{len(ids)} token(s), none of them in the loss"
         return out
 
     def _render(self, conversations: list, where: list[str]) -> list[tuple[str, list | None]]:

@@ -145,6 +145,8 @@ def progress_callback():
         start = first_step = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" not in (logs or {}):  # a held-out loss (helpers.training.evaluating), not a step
+                return
             if self.start is None:
                 self.start, self.first_step = time.perf_counter(), state.global_step
             done = state.global_step - self.first_step

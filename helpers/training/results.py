@@ -11,6 +11,7 @@ from helpers.evaluation.loss import loss_record
 from helpers.evaluation.questions import answers_table
 from helpers.model.loading import shown
 from helpers.show import Sentences
+from helpers.training.evaluating import evaluations
 from helpers.training.loop import loss_history
 
 
@@ -63,10 +64,17 @@ def explain(stats: dict, args, before: float | None, after: float | None, train_
     return Sentences(text)
 
 
-def plot_loss(log_history, before: float | None, after: float | None, path=None):
+def plot_loss(log_history, before: float | None, after: float | None, kept: int | None = None, path=None):
+    """Training loss per step and, on the same axes, the held-out loss measured while training (`kept`:
+    the step whose adapter was saved, marked where it is not the last)."""
     steps, losses = loss_history(log_history)
     fig, ax = show.new_figure()
     ax.plot(steps, losses, color="#2563eb", label="training loss")
+    if done := evaluations(log_history):
+        ax.plot(*zip(*done), color="#ea580c", marker="o", label="held-out loss, while training")
+        if kept is not None and kept != done[-1][0]:
+            ax.plot([kept], [dict(done)[kept]], color="#16a34a", marker="*", markersize=16, linestyle="none",
+                    label=f"adapter kept: step {kept}")
     if before is not None:
         ax.axhline(before, color="#9ca3af", linestyle="--", label=f"held-out loss before: {before:.2f}")
     if after is not None:
@@ -87,11 +95,13 @@ def before_after_table(prompts, before: list[str], after: list[str], common=None
     return table
 
 
-def record(run_dir, trainer, stats: dict, before: float | None, after: float | None, rows_measured: int) -> dict:
+def record(run_dir, trainer, stats: dict, before: float | None, after: float | None, rows_measured: int,
+           evaluation: dict | None = None) -> dict:
     """The run's record, after the adapter is saved: the trainer's log (loss per step, learning rate,
-    for tools.compare) as log_history.json, and in metrics.json the figures of the training and the
-    held-out losses before and after, which 06 shows rather than measuring them again (they belong to
-    the adapter saved at `adapter_saved_at`)."""
+    held-out losses, for tools.compare) as log_history.json, and in metrics.json the figures of the
+    training, the held-out losses before and after, which 06 shows rather than measuring them again (they
+    belong to the adapter saved at `adapter_saved_at`), and `evaluation` (HeldOutLoss.summary: the
+    losses while training, early stopping, the step whose adapter was saved)."""
     rundir.write_json(Path(run_dir) / "log_history.json", trainer.state.log_history)
     return rundir.update_metrics(Path(run_dir), **stats, **loss_record(before, after, rows_measured),
-                                 adapter_saved_at=rundir.adapter_stamp(run_dir))
+                                 **(evaluation or {}), adapter_saved_at=rundir.adapter_stamp(run_dir))
